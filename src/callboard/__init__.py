@@ -1,0 +1,3 @@
+"""callboard: a self-hosted, LiveKit-compatible agent dispatch server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,353 @@
+"""The dispatch core's vocabulary: records it keeps, events it is fed, actions it returns.
+
+This file is the contract between the core (`dispatch.core.Dispatcher`) and the transports: a
+transport decodes bytes into these events, feeds `Dispatcher.handle`, and carries out the actions it
+gets back (send a frame, write the store, log). Times are epoch milliseconds (`*_ms`) passed in with
+each event; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------------
+# Enumerations. Integer values of JobType / WorkerStatus / ReportedJobStatus equal livekit-protocol's.
+
+
+class JobType(enum.IntEnum):
+    ROOM = 0
+    PUBLISHER = 1
+    PARTICIPANT = 2
+
+
+class WorkerStatus(enum.IntEnum):
+    AVAILABLE = 0
+    FULL = 1
+
+
+class ReportedJobStatus(enum.IntEnum):
+    """What a worker may say of its job in `update_job` (livekit JobStatus)."""
+
+    PENDING = 0
+    RUNNING = 1
+    SUCCESS = 2
+    FAILED = 3
+
+
+class JobState(enum.Enum):
+    """Where a job is, from callboard's side. Transitions live in `dispatch.states`."""
+
+    PENDING = "pending"  # waiting: no candidate worker yet (the pending queue)
+    OFFERED = "offered"  # availability request sent to one worker, answer awaited
+    ASSIGNED = "assigned"  # JobAssignment sent, worker has not reported running yet
+    RUNNING = "running"  # worker reported JS_RUNNING
+    ORPHANED = "orphaned"  # its worker's connection dropped; grace window for migrate_job
+    SUCCESS = "success"  # worker reported JS_SUCCESS
+    FAILED = "failed"  # worker reported JS_FAILED, or the grace window ran out
+    TERMINATED = "terminated"  # ended by callboard: dispatch/room deleted, or terminate=true
+    EXPIRED = "expired"  # waited longer than the pending TTL
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def holds_worker(self) -> bool:
+        """The job occupies a worker (or waits for one to come back)."""
+        return self in (JobState.ASSIGNED, JobState.RUNNING, JobState.ORPHANED)
+
+
+_TERMINAL = frozenset({JobState.SUCCESS, JobState.FAILED, JobState.TERMINATED, JobState.EXPIRED})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Records: plain snapshots the core hands to the store and the APIs.
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker is, fixed at registration."""
+
+    worker_id: str
+    project_id: str
+    api_key: str
+    owner: str  # "" = production; otherwise the developer the worker's key belongs to
+    agent_name: str
+    namespace: str
+    job_type: JobType
+    version: str
+    remote: str  # "host:port" the connection came from
+    connected_at_ms: int
+    permissions: Mapping[str, bool] = field(default_factory=dict)  # allowed_permissions, snake_case
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """A worker as the project API shows it."""
+
+    info: WorkerInfo
+    status: WorkerStatus
+    load: float
+    job_ids: tuple[str, ...]
+    reported_job_count: int
+
+
+@dataclass(frozen=True)
+class RoomRef:
+    project_id: str
+    name: str
+    sid: str
+
+
+@dataclass(frozen=True)
+class DispatchSpec:
+    """A dispatch as created (by API, by room creation, later by token or SIP rule)."""
+
+    dispatch_id: str
+    project_id: str
+    owner: str  # "" = production; a developer name for a developer key's dispatch
+    api_key: str  # the key that signed the request; "" when created by the server itself
+    agent_name: str
+    room: RoomRef
+    metadata: str = ""
+    namespace: str = ""
+    job_type: JobType = JobType.ROOM
+    source: str = "api"  # api | room | token | sip: how it came to be, shown in explain
+    created_at_ms: int = 0
+
+
+@dataclass(frozen=True)
+class TraceEntry:
+    """One line of a dispatch's explain trace: what happened, when, and why."""
+
+    at_ms: int
+    what: str  # e.g. "created", "candidates", "offered", "declined", "timeout", "assigned", "queued"
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    dispatch_id: str
+    project_id: str
+    owner: str
+    room_name: str
+    agent_name: str
+    attempt: int  # 1 for the first assignment; re-dispatches count up
+    state: JobState
+    worker_id: str  # "" while no worker holds it
+    error: str
+    created_at_ms: int
+    updated_at_ms: int
+    participant_identity: str = ""  # the agent's identity once assigned
+
+
+@dataclass(frozen=True)
+class DispatchRecord:
+    spec: DispatchSpec
+    deleted: bool
+    trace: tuple[TraceEntry, ...]
+    job_ids: tuple[str, ...]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Events: what happened, fed to `Dispatcher.handle`.
+
+
+@dataclass(frozen=True)
+class WorkerRegistered:
+    info: WorkerInfo
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class WorkerStatusChanged:
+    """`update_worker`: `status` None means the worker did not send one (keep the old status)."""
+
+    worker_id: str
+    status: WorkerStatus | None
+    load: float
+    job_count: int
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class WorkerGone:
+    worker_id: str
+    reason: str
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class DispatchCreated:
+    spec: DispatchSpec
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class DispatchDeleted:
+    dispatch_id: str
+    reason: str
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class RoomClosed:
+    project_id: str
+    room_name: str
+    reason: str
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class AvailabilityAnswered:
+    worker_id: str
+    job_id: str
+    available: bool
+    terminate: bool
+    participant_identity: str
+    participant_name: str
+    participant_metadata: str
+    participant_attributes: Mapping[str, str]
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class JobStatusReported:
+    worker_id: str
+    job_id: str
+    status: ReportedJobStatus
+    error: str
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class JobsMigrated:
+    """`migrate_job` from a (re)connected worker that still runs these jobs."""
+
+    worker_id: str
+    job_ids: tuple[str, ...]
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class Restored:
+    """At server start: what the store held. Jobs that were running wait the grace window."""
+
+    dispatches: tuple[DispatchRecord, ...]
+    jobs: tuple[JobRecord, ...]
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class Tick:
+    now_ms: int
+
+
+Event = (
+    WorkerRegistered
+    | WorkerStatusChanged
+    | WorkerGone
+    | DispatchCreated
+    | DispatchDeleted
+    | RoomClosed
+    | AvailabilityAnswered
+    | JobStatusReported
+    | JobsMigrated
+    | Restored
+    | Tick
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Actions: what the transports must carry out, in order.
+
+
+@dataclass(frozen=True)
+class JobOffer:
+    """What a worker is told about a job (becomes protobuf `Job`)."""
+
+    job_id: str
+    dispatch_id: str
+    job_type: JobType
+    room: RoomRef
+    agent_name: str
+    namespace: str
+    metadata: str
+    attempt: int
+    enable_recording: bool = False
+
+
+@dataclass(frozen=True)
+class SendAvailabilityRequest:
+    worker_id: str
+    offer: JobOffer
+    resuming: bool
+
+
+@dataclass(frozen=True)
+class SendAssignment:
+    """The transport mints the job token with the worker's key (it holds the secrets)."""
+
+    worker_id: str
+    offer: JobOffer
+    participant_identity: str
+    participant_name: str
+    participant_metadata: str
+    participant_attributes: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class SendTermination:
+    worker_id: str
+    job_id: str
+
+
+@dataclass(frozen=True)
+class CloseWorker:
+    worker_id: str
+    close_code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SaveDispatch:
+    record: DispatchRecord
+
+
+@dataclass(frozen=True)
+class SaveJob:
+    """Persist the job; the store appends a status-history row whenever `state` changed."""
+
+    record: JobRecord
+
+
+@dataclass(frozen=True)
+class RecordEvent:
+    """A line in the project's event log (dispatch created/queued/assigned/ended, job status, ...)."""
+
+    project_id: str
+    kind: str  # dotted: "dispatch.created", "dispatch.queued", "job.assigned", "worker.connected"
+    at_ms: int
+    message: str
+    level: str = "info"  # info | warning | error
+    room_name: str = ""
+    dispatch_id: str = ""
+    job_id: str = ""
+    worker_id: str = ""
+    agent_name: str = ""
+    owner: str = ""
+
+
+Action = (
+    SendAvailabilityRequest
+    | SendAssignment
+    | SendTermination
+    | CloseWorker
+    | SaveDispatch
+    | SaveJob
+    | RecordEvent
+)

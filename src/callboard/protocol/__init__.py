@@ -1,0 +1,1 @@
+"""Wire-level code only: ids, tokens, worker frames, Twirp errors. No server state lives here."""

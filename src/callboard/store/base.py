@@ -1,0 +1,168 @@
+"""The Store interface: SQLite implements it now (`store.sqlite`), Redis later.
+
+Writes are queued to one writer that commits them in batches (group commit); every write method
+returns once its batch is committed, so a caller that awaits it may acknowledge durably. Writes that
+the dispatch core emits at high rate use `submit_*` (fire-and-forget, kept in order) and the caller
+awaits `flush()` only where it must acknowledge. Reads see everything committed.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+from callboard.dispatch.model import DispatchRecord, JobRecord, RecordEvent
+
+
+@dataclass(frozen=True)
+class Project:
+    project_id: str
+    name: str
+    created_at_ms: int
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key: str
+    secret: str
+    project_id: str
+    developer: str  # "" = production key
+    created_at_ms: int
+    revoked: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "developer" if self.developer else "production"
+
+
+@dataclass(frozen=True)
+class Room:
+    project_id: str
+    name: str
+    sid: str
+    created_at_ms: int
+    creator_key: str = ""  # the key that created it: its jobs belong to that key's developer
+    owner: str = ""
+    metadata: str = ""
+    empty_timeout_s: int = 0
+    departure_timeout_s: int = 0
+    max_participants: int = 0
+    agents: tuple[tuple[str, str], ...] = ()  # (agent_name, metadata) from its room config
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    seq: int
+    project_id: str
+    kind: str
+    at_ms: int
+    level: str
+    message: str
+    room_name: str = ""
+    dispatch_id: str = ""
+    job_id: str = ""
+    worker_id: str = ""
+    agent_name: str = ""
+    owner: str = ""
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    project_id: str
+    room_name: str | None = None
+    job_id: str | None = None
+    dispatch_id: str | None = None
+    agent_name: str | None = None
+    after_seq: int = 0  # paging: only events with seq > after_seq
+    limit: int = 100
+    kinds: tuple[str, ...] = field(default_factory=tuple)  # prefixes, e.g. ("job.", "dispatch.")
+
+
+class Store(abc.ABC):
+    # -- lifecycle
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Create or migrate the schema, start the writer."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush queued writes, stop the writer, close files."""
+
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Return once everything submitted so far is committed."""
+
+    # -- projects and keys (admin plane)
+    @abc.abstractmethod
+    async def create_project(self, name: str) -> Project: ...
+
+    @abc.abstractmethod
+    async def delete_project(self, project_id: str) -> None:
+        """Removes the project and everything scoped to it (keys, rooms, dispatches, jobs, events)."""
+
+    @abc.abstractmethod
+    def list_projects(self) -> list[Project]: ...
+
+    @abc.abstractmethod
+    def get_project(self, name_or_id: str) -> Project | None: ...
+
+    @abc.abstractmethod
+    async def add_key(
+        self, project_id: str, developer: str = "", key: str | None = None, secret: str | None = None
+    ) -> ApiKey: ...
+
+    @abc.abstractmethod
+    async def revoke_key(self, key: str) -> ApiKey | None: ...
+
+    @abc.abstractmethod
+    def list_keys(self, project_id: str | None = None, include_revoked: bool = False) -> list[ApiKey]: ...
+
+    @abc.abstractmethod
+    def get_key(self, key: str) -> ApiKey | None:
+        """The key if it exists and is not revoked."""
+
+    # -- rooms
+    @abc.abstractmethod
+    async def save_room(self, room: Room) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_room(self, project_id: str, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def list_rooms(self, project_id: str, names: list[str] | None = None) -> list[Room]: ...
+
+    @abc.abstractmethod
+    def get_room(self, project_id: str, name: str) -> Room | None: ...
+
+    # -- dispatches, jobs (written by the dispatch core's actions)
+    @abc.abstractmethod
+    def submit_dispatch(self, record: DispatchRecord) -> None: ...
+
+    @abc.abstractmethod
+    def submit_job(self, record: JobRecord) -> None:
+        """Upsert; append a history row (job, state, at) when the state differs from the stored one."""
+
+    @abc.abstractmethod
+    def submit_event(self, event: RecordEvent) -> None: ...
+
+    @abc.abstractmethod
+    def get_dispatch(self, project_id: str, dispatch_id: str) -> DispatchRecord | None: ...
+
+    @abc.abstractmethod
+    def list_dispatches(self, project_id: str, room_name: str | None = None,
+                        include_deleted: bool = False) -> list[DispatchRecord]: ...
+
+    @abc.abstractmethod
+    def get_job(self, project_id: str, job_id: str) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    def job_history(self, project_id: str, job_id: str) -> list[tuple[str, int]]:
+        """(state, at_ms) for every state the job went through, oldest first."""
+
+    @abc.abstractmethod
+    def live_state(self) -> tuple[list[DispatchRecord], list[JobRecord]]:
+        """Dispatches not deleted and jobs not terminal, across projects: what a restart resumes."""
+
+    # -- events
+    @abc.abstractmethod
+    def query_events(self, query: EventQuery) -> list[StoredEvent]: ...
