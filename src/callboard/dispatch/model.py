@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# ---------------------------------------------------------------------------------------------------
-# Enumerations. Integer values of JobType / WorkerStatus / ReportedJobStatus equal livekit-protocol's.
+# -------------------------------------------------------------------------------------------------
+# Enumerations. Integer values of JobType, WorkerStatus, ReportedJobStatus equal livekit-protocol's.
 
 
 class JobType(enum.IntEnum):
@@ -63,7 +63,7 @@ class JobState(enum.Enum):
 _TERMINAL = frozenset({JobState.SUCCESS, JobState.FAILED, JobState.TERMINATED, JobState.EXPIRED})
 
 
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Records: plain snapshots the core hands to the store and the APIs.
 
 
@@ -124,7 +124,9 @@ class TraceEntry:
     """One line of a dispatch's explain trace: what happened, when, and why."""
 
     at_ms: int
-    what: str  # e.g. "created", "candidates", "offered", "declined", "timeout", "assigned", "queued"
+    what: (
+        str  # e.g. "created", "candidates", "offered", "declined", "timeout", "assigned", "queued"
+    )
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -153,7 +155,7 @@ class DispatchRecord:
     job_ids: tuple[str, ...]
 
 
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Events: what happened, fed to `Dispatcher.handle`.
 
 
@@ -262,7 +264,7 @@ Event = (
 )
 
 
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Actions: what the transports must carry out, in order.
 
 
@@ -327,7 +329,7 @@ class SaveJob:
 
 @dataclass(frozen=True)
 class RecordEvent:
-    """A line in the project's event log (dispatch created/queued/assigned/ended, job status, ...)."""
+    """A line in the project's event log (dispatch created/queued/assigned/ended, job status)."""
 
     project_id: str
     kind: str  # dotted: "dispatch.created", "dispatch.queued", "job.assigned", "worker.connected"

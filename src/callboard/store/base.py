@@ -98,7 +98,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delete_project(self, project_id: str) -> None:
-        """Removes the project and everything scoped to it (keys, rooms, dispatches, jobs, events)."""
+        """Removes the project and all scoped to it (keys, rooms, dispatches, jobs, events)."""
 
     @abc.abstractmethod
     def list_projects(self) -> list[Project]: ...
@@ -108,14 +108,20 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def add_key(
-        self, project_id: str, developer: str = "", key: str | None = None, secret: str | None = None
+        self,
+        project_id: str,
+        developer: str = "",
+        key: str | None = None,
+        secret: str | None = None,
     ) -> ApiKey: ...
 
     @abc.abstractmethod
     async def revoke_key(self, key: str) -> ApiKey | None: ...
 
     @abc.abstractmethod
-    def list_keys(self, project_id: str | None = None, include_revoked: bool = False) -> list[ApiKey]: ...
+    def list_keys(
+        self, project_id: str | None = None, include_revoked: bool = False
+    ) -> list[ApiKey]: ...
 
     @abc.abstractmethod
     def get_key(self, key: str) -> ApiKey | None:
@@ -140,7 +146,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def submit_job(self, record: JobRecord) -> None:
-        """Upsert; append a history row (job, state, at) when the state differs from the stored one."""
+        """Upsert; append a history row (job, state, at) when the state changed."""
 
     @abc.abstractmethod
     def submit_event(self, event: RecordEvent) -> None: ...
@@ -149,8 +155,9 @@ class Store(abc.ABC):
     def get_dispatch(self, project_id: str, dispatch_id: str) -> DispatchRecord | None: ...
 
     @abc.abstractmethod
-    def list_dispatches(self, project_id: str, room_name: str | None = None,
-                        include_deleted: bool = False) -> list[DispatchRecord]: ...
+    def list_dispatches(
+        self, project_id: str, room_name: str | None = None, include_deleted: bool = False
+    ) -> list[DispatchRecord]: ...
 
     @abc.abstractmethod
     def get_job(self, project_id: str, job_id: str) -> JobRecord | None: ...

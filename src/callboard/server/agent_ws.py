@@ -1,0 +1,334 @@
+"""`/agent`: the worker WebSocket (livekit-wire §1).
+
+Auth is checked before the upgrade so a bad token gets an HTTP status and a body that says why (the
+SDK retries for two minutes; the reason must be in our log at once). After the upgrade, a protocol
+violation closes the connection with a close code and a reason, is logged once, and touches nothing
+else: the worker's jobs go through the same grace window as any dropped connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import WSMsgType, web
+from livekit.protocol import agent as pb
+
+from callboard.dispatch.model import (
+    AvailabilityAnswered,
+    JobsMigrated,
+    JobStatusReported,
+    JobType,
+    WorkerGone,
+    WorkerInfo,
+    WorkerRegistered,
+    WorkerStatus,
+    WorkerStatusChanged,
+)
+from callboard.protocol import convert, ids
+from callboard.protocol.errors import (
+    WS_MESSAGE_TOO_BIG,
+    WS_NORMAL,
+    WS_POLICY_VIOLATION,
+    ApiError,
+    ProtocolViolation,
+)
+from callboard.protocol.frames import (
+    MAX_FRAME_BYTES,
+    Format,
+    decode_worker_message,
+    encode_server_message,
+)
+from callboard.server.auth import Caller, authenticate, request_token
+from callboard.server.hub import Hub
+
+log = logging.getLogger("callboard.agent_ws")
+
+# Protobuf field names of ParticipantPermission kept for the job token.
+_PERMISSIONS = ("can_publish", "can_subscribe", "can_publish_data", "can_update_metadata", "hidden")
+
+
+@dataclass
+class WorkerConnection:
+    """One registered worker's socket: an ordered outbox drained by one sender task."""
+
+    info: WorkerInfo
+    ws: web.WebSocketResponse
+    fmt: Format = Format.BINARY
+    outbox: asyncio.Queue[pb.ServerMessage | None] = field(default_factory=asyncio.Queue)
+    close_request: tuple[int, str] | None = None
+
+    def send(self, msg: pb.ServerMessage) -> None:
+        self.outbox.put_nowait(msg)
+
+    def close(self, code: int, reason: str) -> None:
+        if self.close_request is None:
+            self.close_request = (code, reason)
+            self.outbox.put_nowait(None)
+
+    async def run_sender(self) -> None:
+        while (msg := await self.outbox.get()) is not None:
+            try:
+                await send_frame(self.ws, msg, self.fmt)
+            except ConnectionError:
+                return
+        code, reason = self.close_request or (WS_NORMAL, "")
+        await self.ws.close(code=code, message=reason.encode()[:120])
+
+
+async def send_frame(ws: web.WebSocketResponse, msg: pb.ServerMessage, fmt: Format) -> None:
+    data = encode_server_message(msg, fmt)
+    if isinstance(data, bytes):
+        await ws.send_bytes(data)
+    else:
+        await ws.send_str(data)
+
+
+def _is_websocket(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def _reject(status: int, reason: str, request: web.Request) -> web.Response:
+    log.warning("/agent refused from %s: %s", request.remote, reason)
+    return web.Response(status=status, text=reason + "\n")
+
+
+def _check_caller(hub: Hub, request: web.Request) -> Caller | web.Response:
+    if not _is_websocket(request):
+        return _reject(404, "/agent is a WebSocket endpoint for agent workers", request)
+    try:
+        caller = authenticate(hub.store, request_token(request))
+    except ApiError as exc:
+        return _reject(401, f"worker authentication failed: {exc.msg}", request)
+    if not caller.claims.video.agent:
+        return _reject(403, "token lacks the agent grant (video.agent = true)", request)
+    return caller
+
+
+async def handle_agent(request: web.Request) -> web.StreamResponse:
+    hub: Hub = request.app["hub"]
+    if request.app["draining"]:
+        return _reject(503, "server is shutting down", request)
+    checked = _check_caller(hub, request)
+    if isinstance(checked, web.Response):
+        return checked
+    ws = web.WebSocketResponse(
+        max_msg_size=MAX_FRAME_BYTES, heartbeat=hub.settings.ping_interval_s, compress=False
+    )
+    await ws.prepare(request)
+    session = _Session(hub, checked, ws, _remote(request))
+    request.app["sockets"].add(ws)
+    try:
+        await session.run()
+    finally:
+        request.app["sockets"].discard(ws)
+    return ws
+
+
+def _remote(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return request.remote or ""
+
+
+class _Session:
+    """The life of one /agent connection: register, then messages until close."""
+
+    def __init__(self, hub: Hub, caller: Caller, ws: web.WebSocketResponse, remote: str) -> None:
+        self.hub = hub
+        self.caller = caller
+        self.ws = ws
+        self.remote = remote
+        self.fmt = Format.BINARY
+        self.conn: WorkerConnection | None = None
+        self._pending_close: tuple[int, str] | None = None
+
+    async def run(self) -> None:
+        sender: asyncio.Task[None] | None = None
+        try:
+            register = await self._await_register()
+            self.conn = self._register(register)
+            sender = asyncio.create_task(self.conn.run_sender())
+            await self._serve()
+        except ProtocolViolation as exc:
+            self._violation(exc)
+        finally:
+            await self._finish(sender)
+
+    def _violation(self, exc: ProtocolViolation) -> None:
+        worker = self.conn.info.worker_id if self.conn else "(unregistered)"
+        log.warning(
+            "worker %s from %s (key %s) closed: %s",
+            worker,
+            self.remote,
+            self.caller.key.key,
+            exc.reason,
+        )
+        if self.conn is not None:
+            self.conn.close(exc.close_code, exc.reason)
+        else:
+            self._pending_close = (exc.close_code, exc.reason)
+
+    async def _finish(self, sender: asyncio.Task[None] | None) -> None:
+        if self.conn is not None:
+            self.hub.detach(self.conn.info.worker_id)
+            reason = self.conn.close_request[1] if self.conn.close_request else "connection closed"
+            self.hub.feed(WorkerGone(self.conn.info.worker_id, reason, self.hub.clock_ms()))
+            self.conn.close(WS_NORMAL, "")
+        if sender is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sender, timeout=2.0)
+            sender.cancel()
+        if not self.ws.closed:
+            code, reason = self._pending_close or (WS_NORMAL, "")
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=code, message=reason.encode()[:120])
+
+    # -- before register
+
+    async def _await_register(self) -> pb.RegisterWorkerRequest:
+        deadline = time.monotonic() + self.hub.settings.register_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _no_register(self.hub.settings.register_timeout_s)
+            try:
+                raw = await self.ws.receive(timeout=remaining)
+            except TimeoutError:
+                raise _no_register(self.hub.settings.register_timeout_s) from None
+            msg = self._decode(raw)
+            if msg is None:
+                raise ProtocolViolation("connection closed before register", WS_NORMAL)
+            which = msg.WhichOneof("message")
+            if which == "register":
+                return msg.register
+            if which == "ping":
+                await self._pong(msg.ping)
+                continue
+            raise ProtocolViolation(f"expected register first, got {which or 'an empty message'}")
+
+    def _register(self, req: pb.RegisterWorkerRequest) -> WorkerConnection:
+        perms = req.allowed_permissions
+        info = WorkerInfo(
+            worker_id=ids.new_id(ids.WORKER),
+            project_id=self.caller.project_id,
+            api_key=self.caller.key.key,
+            owner=self.caller.owner,
+            agent_name=req.agent_name,
+            namespace=req.namespace,
+            job_type=_job_type(req.type),
+            version=req.version,
+            remote=self.remote,
+            connected_at_ms=self.hub.clock_ms(),
+            permissions={name: bool(getattr(perms, name)) for name in _PERMISSIONS}
+            if req.HasField("allowed_permissions")
+            else {},
+        )
+        conn = WorkerConnection(info=info, ws=self.ws, fmt=self.fmt)
+        reply = pb.RegisterWorkerResponse(
+            worker_id=info.worker_id, server_info=convert.server_info(self.hub.node_id)
+        )
+        conn.send(pb.ServerMessage(register=reply))
+        self.hub.attach(conn)
+        self.hub.feed(WorkerRegistered(info, info.connected_at_ms))
+        return conn
+
+    # -- after register
+
+    async def _serve(self) -> None:
+        assert self.conn is not None
+        while not self.ws.closed and self.conn.close_request is None:
+            raw = await self.ws.receive()
+            msg = self._decode(raw)
+            if msg is None:
+                return
+            self.conn.fmt = self.fmt
+            await self._dispatch(msg)
+
+    async def _dispatch(self, msg: pb.WorkerMessage) -> None:
+        assert self.conn is not None
+        worker_id = self.conn.info.worker_id
+        now = self.hub.clock_ms()
+        match msg.WhichOneof("message"):
+            case "update_worker":
+                self.hub.feed(_status_event(worker_id, msg.update_worker, now))
+            case "availability":
+                self.hub.feed(_availability_event(worker_id, msg.availability, now))
+            case "update_job":
+                upd = msg.update_job
+                status = convert.reported_status(upd.status)
+                self.hub.feed(JobStatusReported(worker_id, upd.job_id, status, upd.error, now))
+            case "migrate_job":
+                self.hub.feed(JobsMigrated(worker_id, tuple(msg.migrate_job.job_ids), now))
+            case "ping":
+                await self._pong(msg.ping)
+            case "register":
+                raise ProtocolViolation("second register on one connection")
+            case "simulate_job":
+                log.info("worker %s sent simulate_job: not supported, ignored", worker_id)
+            case other:
+                log.debug("worker %s sent %s: ignored", worker_id, other or "an empty message")
+
+    def _decode(self, raw: object) -> pb.WorkerMessage | None:
+        """The next WorkerMessage, None when the socket closed; violations raise."""
+        kind = getattr(raw, "type", None)
+        data = getattr(raw, "data", None)
+        if kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return None
+        if kind is WSMsgType.ERROR:
+            if self.ws.close_code == WS_MESSAGE_TOO_BIG or "too big" in str(data).lower():
+                raise ProtocolViolation(
+                    f"frame exceeds the {MAX_FRAME_BYTES} byte limit", WS_MESSAGE_TOO_BIG
+                )
+            raise ProtocolViolation(f"websocket error: {data}", WS_POLICY_VIOLATION)
+        if not isinstance(data, bytes | str):
+            return None
+        msg, self.fmt = decode_worker_message(data)
+        return msg
+
+    async def _pong(self, ping: pb.WorkerPing) -> None:
+        pong = pb.WorkerPong(last_timestamp=ping.timestamp, timestamp=self.hub.clock_ms())
+        reply = pb.ServerMessage(pong=pong)
+        if self.conn is not None:
+            self.conn.send(reply)
+        else:
+            await send_frame(self.ws, reply, self.fmt)
+
+
+def _no_register(timeout_s: float) -> ProtocolViolation:
+    return ProtocolViolation(f"no register within {timeout_s:g} s")
+
+
+def _job_type(value: int) -> JobType:
+    try:
+        return JobType(int(value))
+    except ValueError:
+        raise ProtocolViolation(f"unknown job type {value} in register") from None
+
+
+def _status_event(worker_id: str, upd: pb.UpdateWorkerStatus, now: int) -> WorkerStatusChanged:
+    status = WorkerStatus(int(upd.status)) if upd.HasField("status") else None
+    if upd.draining:
+        status = WorkerStatus.FULL
+    load = float(upd.load) if upd.load == upd.load else 0.0  # NaN guard
+    return WorkerStatusChanged(worker_id, status, min(max(load, 0.0), 1.0), upd.job_count, now)
+
+
+def _availability_event(
+    worker_id: str, resp: pb.AvailabilityResponse, now: int
+) -> AvailabilityAnswered:
+    return AvailabilityAnswered(
+        worker_id=worker_id,
+        job_id=resp.job_id,
+        available=resp.available,
+        terminate=resp.terminate,
+        participant_identity=resp.participant_identity,
+        participant_name=resp.participant_name,
+        participant_metadata=resp.participant_metadata,
+        participant_attributes=dict(resp.participant_attributes),
+        now_ms=now,
+    )

@@ -1,0 +1,696 @@
+"""The default store: one SQLite file in WAL mode, one writer thread doing group commit.
+
+Theory of operation:
+
+- Writes. Every write becomes an `_Op` (a function of the writer's connection, a label naming
+  the record for logs, and, for `async` methods, an asyncio future) put on one FIFO queue. A
+  dedicated thread owns the only writing connection. It takes everything queued (up to
+  `MAX_BATCH_OPS`), applies it in one transaction, commits, runs the ops' after-commit hooks in
+  order, and only then resolves the batch's futures on their loops (`call_soon_threadsafe`). N
+  writes thus cost one commit, and an awaited write has been committed when it returns. If any
+  op of a batch raises, the transaction is rolled back and the batch is re-applied one op per
+  transaction, so only the bad op fails (its future gets the exception; a fire-and-forget
+  `submit_*` op is logged with its record id).
+- Durability. WAL with `synchronous=NORMAL`: a commit is written to the WAL file before the future
+  resolves, so it survives the process being killed; the WAL is fsynced at checkpoints, so a power
+  cut may lose the last commits (the usual SQLite trade-off; `synchronous=FULL` would fsync every
+  batch).
+- Reads. A second connection, shared by threads under a lock, queries synchronously in the caller's
+  thread: reads are small, indexed and paged, and a WAL reader never waits for the writer.
+- API keys. `get_key` runs on every request, so non-revoked keys live in memory, loaded at open and
+  updated by the writer right after the commit that changed them. Revocation (and project deletion)
+  also drops keys from memory before the write is queued: a revoked key stops working at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Final, TypeVar, cast
+
+from callboard.dispatch.model import DispatchRecord, JobRecord, JobState, RecordEvent
+from callboard.protocol import ids
+from callboard.store import codec, schema
+from callboard.store.base import ApiKey, EventQuery, Project, Room, Store, StoredEvent
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Apply = Callable[[sqlite3.Connection], Any]
+
+MAX_BATCH_OPS: Final = 5000  # bounds one transaction, hence the wait of the batch's first op
+BUSY_TIMEOUT_MS: Final = 5000  # another process (offline `admin --db`) may hold the write lock
+EVENT_QUERY_MAX: Final = 1000
+_LIVE_STATES: Final = tuple(state.value for state in JobState if not state.is_terminal)
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class StoreStats:
+    """Writer counters for tests and benchmarks: `commits` well below `ops` is group commit."""
+
+    ops: int = 0  # write operations applied (committed or failed), flush barriers excluded
+    commits: int = 0  # transactions committed
+    batches: int = 0  # batches taken off the queue (counted when taken, before they are applied)
+    retried_batches: int = 0  # batches rolled back and re-applied one op per transaction
+    failed_ops: int = 0
+
+
+@dataclass(eq=False)
+class _Op:
+    apply: Apply | None  # None: a flush barrier, nothing to write
+    label: str  # names the record in logs: "job AJ_…"
+    future: asyncio.Future[Any] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    after_commit: Callable[[Any], None] | None = None  # on the writer thread, in queue order
+
+
+@dataclass(eq=False)
+class _Outcome:
+    op: _Op
+    value: Any = None
+    error: Exception | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Connections
+
+
+def _connect(
+    path: str, busy_timeout_ms: int, *, check_same_thread: bool = True
+) -> sqlite3.Connection:
+    """Autocommit mode (isolation_level=None): transactions are explicit, BEGIN … COMMIT."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=check_same_thread)
+    except sqlite3.Error as exc:
+        raise sqlite3.OperationalError(f"cannot open store {path!r}: {exc}") from exc
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    return conn
+
+
+def _connect_writer(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
+    conn = _connect(path, busy_timeout_ms)
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"store {path!r} cannot use WAL (journal_mode={mode})")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        schema.migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class _Reader:
+    """The read connection: any thread may use it, one at a time."""
+
+    def __init__(self, path: str, busy_timeout_ms: int) -> None:
+        self._conn = _connect(path, busy_timeout_ms, check_same_thread=False)
+        self._conn.execute("PRAGMA query_only = ON")
+        self._lock = threading.Lock()
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        with self._lock:
+            row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
+            return row
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# The writer thread
+
+
+class _Writer:
+    """Owns the writing connection; applies queued ops in batches, one commit per batch."""
+
+    def __init__(self, path: str, busy_timeout_ms: int) -> None:
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        # Daemon: a store nobody closed must not hang interpreter exit (close() is what flushes).
+        self._thread = threading.Thread(
+            target=self._run, name="callboard-store-writer", daemon=True
+        )
+        self.stats = StoreStats()
+
+    def start(self) -> None:
+        """Blocking: returns once the file is open and migrated, or raises why it could not be."""
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            self._thread.join()
+            raise self._startup_error
+
+    def stop(self) -> None:
+        """Blocking: everything queued before this call is applied, then the thread ends."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def put(self, op: _Op) -> None:
+        self._queue.put(op)
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def _run(self) -> None:
+        try:
+            conn = _connect_writer(self._path, self._busy_timeout_ms)
+        except BaseException as exc:
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._serve(conn)
+        finally:
+            conn.close()
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        stopping = False
+        while not stopping:
+            batch, stopping = self._next_batch()
+            try:
+                self._process(conn, batch)
+            except Exception as exc:  # a bug here must not strand every later caller
+                log.exception("store writer failed on a batch of %d ops", len(batch))
+                _rollback(conn)
+                self._resolve([_Outcome(op, error=exc) for op in batch])
+        self._fail_leftovers()
+
+    def _next_batch(self) -> tuple[list[_Op], bool]:
+        """Block for one op, then take whatever else is already queued. True: stop after this."""
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < MAX_BATCH_OPS:
+            try:
+                op = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if op is None:
+                return batch, True
+            batch.append(op)
+        return batch, False
+
+    def _fail_leftovers(self) -> None:
+        """Ops queued after stop() (a race with close) would otherwise wait forever."""
+        leftovers: list[_Outcome] = []
+        while True:
+            try:
+                op = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if op is not None:
+                leftovers.append(_Outcome(op, error=RuntimeError("store is closed")))
+        self._resolve(leftovers)
+
+    def _process(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        if not batch:
+            return
+        self.stats.batches += 1
+        work = [op for op in batch if op.apply is not None]
+        outcomes = {id(o.op): o for o in self._apply_batch(conn, work)} if work else {}
+        ordered = [outcomes.get(id(op)) or _Outcome(op) for op in batch]
+        self._after_commit(ordered)
+        self._resolve(ordered)
+
+    def _apply_batch(self, conn: sqlite3.Connection, work: list[_Op]) -> list[_Outcome]:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            # Locked past busy_timeout by another process: no op's fault, and retrying them one by
+            # one would wait busy_timeout per op.
+            return [self._failed(op, exc) for op in work]
+        try:
+            values = [cast(Apply, op.apply)(conn) for op in work]
+            conn.execute("COMMIT")
+        except Exception as exc:
+            _rollback(conn)
+            if len(work) == 1:
+                return [self._failed(work[0], exc)]
+            self.stats.retried_batches += 1
+            return [self._apply_one(conn, op) for op in work]
+        self.stats.commits += 1
+        self.stats.ops += len(work)
+        return [_Outcome(op, value) for op, value in zip(work, values, strict=True)]
+
+    def _apply_one(self, conn: sqlite3.Connection, op: _Op) -> _Outcome:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            value = cast(Apply, op.apply)(conn)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            _rollback(conn)
+            return self._failed(op, exc)
+        self.stats.commits += 1
+        self.stats.ops += 1
+        return _Outcome(op, value)
+
+    def _failed(self, op: _Op, exc: Exception) -> _Outcome:
+        self.stats.ops += 1
+        self.stats.failed_ops += 1
+        if op.future is None:  # nobody awaits a submit: the log is the only trace
+            log.error("store: writing %s failed: %r", op.label, exc)
+        else:
+            log.warning("store: writing %s failed: %r", op.label, exc)
+        return _Outcome(op, error=exc)
+
+    @staticmethod
+    def _after_commit(outcomes: list[_Outcome]) -> None:
+        for outcome in outcomes:
+            hook = outcome.op.after_commit
+            if hook is None or outcome.error is not None:
+                continue
+            try:
+                hook(outcome.value)
+            except Exception:
+                log.exception("store: after-commit hook of %s failed", outcome.op.label)
+
+    @staticmethod
+    def _resolve(outcomes: list[_Outcome]) -> None:
+        """One call_soon_threadsafe per loop per batch, not per op."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        for outcome in outcomes:
+            if outcome.op.loop is not None:
+                by_loop.setdefault(outcome.op.loop, []).append(outcome)
+        for loop, settled in by_loop.items():
+            # RuntimeError: the loop is closed, nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, settled)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Never raises: it runs while handling another error, which is the one worth reporting."""
+    # SQLite rolls back by itself on some errors (SQLITE_FULL, …); ROLLBACK then would raise.
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        log.exception("store: rollback failed")
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """On the caller's loop: hand each future its result (unless its caller gave up on it)."""
+    for outcome in outcomes:
+        future = outcome.op.future
+        if future is None or future.done():
+            continue
+        if outcome.error is not None:
+            future.set_exception(outcome.error)
+        else:
+            future.set_result(outcome.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Write operations: run on the writer thread, inside its transaction.
+
+
+def _execute(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> None:
+    conn.execute(sql, params)
+
+
+def _insert_project(conn: sqlite3.Connection, project: Project) -> None:
+    if conn.execute("SELECT 1 FROM projects WHERE name = ?", (project.name,)).fetchone():
+        raise ValueError(f"project {project.name!r} already exists")
+    conn.execute(
+        codec.insert_sql("projects", codec.PROJECT_COLUMNS),
+        (project.project_id, project.name, project.created_at_ms),
+    )
+
+
+def _delete_project(conn: sqlite3.Connection, project_id: str) -> None:
+    # jobs cascade to job_history, projects to api_keys (foreign keys); the rest is explicit.
+    for table in ("events", "jobs", "dispatches", "rooms", "projects"):
+        conn.execute(f"DELETE FROM {table} WHERE project_id = ?", (project_id,))
+
+
+def _insert_key(conn: sqlite3.Connection, key: ApiKey) -> ApiKey:
+    found = conn.execute("SELECT 1 FROM projects WHERE project_id = ?", (key.project_id,))
+    if found.fetchone() is None:
+        raise ValueError(f"project {key.project_id!r} does not exist")
+    if conn.execute("SELECT 1 FROM api_keys WHERE key = ?", (key.key,)).fetchone():
+        raise ValueError(f"API key {key.key!r} already exists")
+    conn.execute(codec.insert_sql("api_keys", codec.KEY_COLUMNS), codec.key_row(key))
+    return key
+
+
+def _revoke_key(conn: sqlite3.Connection, key: str) -> ApiKey | None:
+    sql = "UPDATE api_keys SET revoked = 1 WHERE key = ? RETURNING *"
+    rows = conn.execute(sql, (key,)).fetchall()  # fetch all: RETURNING applies when stepped through
+    return codec.key_from_row(rows[0]) if rows else None
+
+
+def _delete_events_before(conn: sqlite3.Connection, before_ms: int) -> int:
+    return conn.execute("DELETE FROM events WHERE at_ms < ?", (before_ms,)).rowcount
+
+
+_UPSERT_ROOM: Final = codec.upsert_sql("rooms", codec.ROOM_COLUMNS, ("project_id", "name"))
+_UPSERT_DISPATCH: Final = codec.upsert_sql("dispatches", codec.DISPATCH_COLUMNS, ("dispatch_id",))
+_UPSERT_JOB: Final = codec.upsert_sql("jobs", codec.JOB_COLUMNS, ("job_id",))
+_INSERT_EVENT: Final = codec.insert_sql("events", codec.EVENT_COLUMNS)
+
+
+# --------------------------------------------------------------------------------------------------
+# The in-memory key cache
+
+
+class _KeyCache:
+    """Non-revoked keys by key: readers do a bare (atomic) dict lookup, writers hold a lock."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, ApiKey] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> ApiKey | None:
+        return self._keys.get(key)
+
+    def replace_all(self, keys: Iterable[ApiKey]) -> None:
+        self._keys = {k.key: k for k in keys if not k.revoked}
+
+    def put(self, key: ApiKey) -> None:
+        with self._lock:
+            if key.revoked:
+                self._keys.pop(key.key, None)
+            else:
+                self._keys[key.key] = key
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._keys.pop(key, None)
+
+    def drop_project(self, project_id: str) -> None:
+        with self._lock:
+            for key in [k for k, v in self._keys.items() if v.project_id == project_id]:
+                del self._keys[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# The store
+
+
+class SqliteStore(Store):
+    """`Store` on one SQLite file. `stats` counts the writer's ops and commits."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock_ms: Callable[[], int] = _wall_ms,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+    ) -> None:
+        self._path = os.fspath(path)
+        if self._path in ("", ":memory:") or self._path.startswith("file:"):
+            raise ValueError(
+                f"SqliteStore needs a file path, not {self._path!r}: "
+                "its writer and reader connections must see the same database"
+            )
+        self._clock_ms = clock_ms
+        self._busy_timeout_ms = busy_timeout_ms
+        self._writer: _Writer | None = None
+        self._reader_conn: _Reader | None = None
+        self._keys = _KeyCache()
+        self.stats = StoreStats()
+
+    # -- lifecycle
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            raise RuntimeError("store is already open")
+        writer = _Writer(self._path, self._busy_timeout_ms)
+        await asyncio.to_thread(writer.start)
+        try:
+            self._reader_conn = _Reader(self._path, self._busy_timeout_ms)
+        except BaseException:
+            await asyncio.to_thread(writer.stop)
+            raise
+        self._writer, self.stats = writer, writer.stats
+        rows = self._reader.all("SELECT * FROM api_keys WHERE revoked = 0")
+        self._keys.replace_all(codec.key_from_row(row) for row in rows)
+
+    async def close(self) -> None:
+        writer, self._writer = self._writer, None  # from here on, new writes are refused
+        if writer is None:
+            return
+        await asyncio.to_thread(writer.stop)
+        self._keys.replace_all(())  # a closed store authenticates nobody
+        if self._reader_conn is not None:
+            self._reader_conn.close()
+            self._reader_conn = None
+
+    async def flush(self) -> None:
+        await self._write(None, "flush")
+
+    @property
+    def queued(self) -> int:
+        """Ops waiting for the writer (not counting the batch it is applying)."""
+        return self._writer.queued if self._writer is not None else 0
+
+    # -- the write path
+
+    def _live_writer(self) -> _Writer:
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        return self._writer
+
+    async def _write(
+        self, apply: Callable[[sqlite3.Connection], T] | None, label: str,
+        after_commit: Callable[[T], None] | None = None,
+    ) -> T:
+        """Queue one op and return its result once the batch holding it is committed."""
+        writer = self._live_writer()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        hook = cast(Callable[[Any], None] | None, after_commit)
+        writer.put(_Op(apply, label, future, loop, hook))
+        return cast(T, await future)
+
+    def _submit(self, sql: str, params: Sequence[Any], label: str) -> None:
+        self._live_writer().put(_Op(partial(_execute, sql=sql, params=params), label))
+
+    # -- projects and keys
+
+    async def create_project(self, name: str) -> Project:
+        project = Project(ids.new_id(ids.PROJECT), name, self._clock_ms())
+        await self._write(partial(_insert_project, project=project), f"project {name!r}")
+        return project
+
+    async def delete_project(self, project_id: str) -> None:
+        self._keys.drop_project(project_id)  # fail closed while the delete is queued
+        try:
+            await self._write(
+                partial(_delete_project, project_id=project_id), f"project {project_id}",
+                lambda _: self._keys.drop_project(project_id),
+            )
+        except Exception:
+            self._reload_keys("project_id = ?", project_id)
+            raise
+
+    def list_projects(self) -> list[Project]:
+        rows = self._reader.all("SELECT * FROM projects ORDER BY created_at_ms, rowid")
+        return [codec.project_from_row(row) for row in rows]
+
+    def get_project(self, name_or_id: str) -> Project | None:
+        row = self._reader.one(
+            "SELECT * FROM projects WHERE project_id = ?1 OR name = ?1 "
+            "ORDER BY project_id = ?1 DESC LIMIT 1",
+            (name_or_id,),
+        )
+        return codec.project_from_row(row) if row else None
+
+    async def add_key(
+        self,
+        project_id: str,
+        developer: str = "",
+        key: str | None = None,
+        secret: str | None = None,
+    ) -> ApiKey:
+        record = ApiKey(
+            key=ids.new_id(ids.API_KEY) if key is None else key,
+            secret=ids.new_secret() if secret is None else secret,
+            project_id=project_id, developer=developer, created_at_ms=self._clock_ms(),
+        )
+        return await self._write(
+            partial(_insert_key, key=record), f"key {record.key}", self._keys.put
+        )
+
+    async def revoke_key(self, key: str) -> ApiKey | None:
+        self._keys.drop(key)  # at once: no request authenticates with it from here on
+        try:
+            return await self._write(
+                partial(_revoke_key, key=key), f"key {key}", lambda _: self._keys.drop(key)
+            )
+        except Exception:
+            self._reload_keys("key = ?", key)
+            raise
+
+    def list_keys(
+        self, project_id: str | None = None, include_revoked: bool = False
+    ) -> list[ApiKey]:
+        where, params = ["1"], []
+        if project_id is not None:
+            where.append("project_id = ?")
+            params.append(project_id)
+        if not include_revoked:
+            where.append("revoked = 0")
+        sql = f"SELECT * FROM api_keys WHERE {' AND '.join(where)} ORDER BY created_at_ms, rowid"
+        return [codec.key_from_row(row) for row in self._reader.all(sql, params)]
+
+    def get_key(self, key: str) -> ApiKey | None:
+        return self._keys.get(key)
+
+    def _reload_keys(self, where: str, param: str) -> None:
+        """After a failed revoke/delete: put back into memory whatever the file still holds."""
+        if self._reader_conn is None:
+            return
+        sql = f"SELECT * FROM api_keys WHERE revoked = 0 AND {where}"
+        for row in self._reader.all(sql, (param,)):
+            self._keys.put(codec.key_from_row(row))
+
+    # -- rooms
+
+    async def save_room(self, room: Room) -> None:
+        await self._write(
+            partial(_execute, sql=_UPSERT_ROOM, params=codec.room_row(room)), f"room {room.name!r}"
+        )
+
+    async def delete_room(self, project_id: str, name: str) -> None:
+        sql = "DELETE FROM rooms WHERE project_id = ? AND name = ?"
+        await self._write(partial(_execute, sql=sql, params=(project_id, name)), f"room {name!r}")
+
+    def list_rooms(self, project_id: str, names: list[str] | None = None) -> list[Room]:
+        sql, params = "SELECT * FROM rooms WHERE project_id = ?", [project_id]
+        if names is not None:
+            if not names:
+                return []
+            sql += f" AND name IN ({', '.join('?' * len(names))})"
+            params.extend(names)
+        rows = self._reader.all(sql + " ORDER BY name", params)
+        return [codec.room_from_row(row) for row in rows]
+
+    def get_room(self, project_id: str, name: str) -> Room | None:
+        row = self._reader.one(
+            "SELECT * FROM rooms WHERE project_id = ? AND name = ?", (project_id, name)
+        )
+        return codec.room_from_row(row) if row else None
+
+    # -- dispatches, jobs
+
+    def submit_dispatch(self, record: DispatchRecord) -> None:
+        label = f"dispatch {record.spec.dispatch_id}"
+        self._submit(_UPSERT_DISPATCH, codec.dispatch_row(record), label)
+
+    def submit_job(self, record: JobRecord) -> None:
+        # The history row is appended by a trigger when the state differs (schema.py).
+        self._submit(_UPSERT_JOB, codec.job_row(record), f"job {record.job_id}")
+
+    def submit_event(self, event: RecordEvent) -> None:
+        label = f"event {event.kind} (project {event.project_id}, job {event.job_id or '-'})"
+        self._submit(_INSERT_EVENT, codec.event_row(event), label)
+
+    def get_dispatch(self, project_id: str, dispatch_id: str) -> DispatchRecord | None:
+        row = self._reader.one(
+            "SELECT * FROM dispatches WHERE dispatch_id = ? AND project_id = ?",
+            (dispatch_id, project_id),
+        )
+        return codec.dispatch_from_row(row) if row else None
+
+    def list_dispatches(
+        self, project_id: str, room_name: str | None = None, include_deleted: bool = False
+    ) -> list[DispatchRecord]:
+        sql, params = "SELECT * FROM dispatches WHERE project_id = ?", [project_id]
+        if room_name is not None:
+            sql += " AND room_name = ?"
+            params.append(room_name)
+        if not include_deleted:
+            sql += " AND deleted = 0"
+        rows = self._reader.all(sql + " ORDER BY created_at_ms, rowid", params)
+        return [codec.dispatch_from_row(row) for row in rows]
+
+    def get_job(self, project_id: str, job_id: str) -> JobRecord | None:
+        row = self._reader.one(
+            "SELECT * FROM jobs WHERE job_id = ? AND project_id = ?", (job_id, project_id)
+        )
+        return codec.job_from_row(row) if row else None
+
+    def job_history(self, project_id: str, job_id: str) -> list[tuple[str, int]]:
+        rows = self._reader.all(
+            "SELECT h.state, h.at_ms FROM job_history h JOIN jobs j ON j.job_id = h.job_id "
+            "WHERE h.job_id = ? AND j.project_id = ? ORDER BY h.rowid",
+            (job_id, project_id),
+        )
+        return [(str(row["state"]), int(row["at_ms"])) for row in rows]
+
+    def live_state(self) -> tuple[list[DispatchRecord], list[JobRecord]]:
+        dispatches = self._reader.all(
+            "SELECT * FROM dispatches WHERE deleted = 0 ORDER BY created_at_ms, rowid"
+        )
+        jobs = self._reader.all(
+            f"SELECT * FROM jobs WHERE state IN ({', '.join('?' * len(_LIVE_STATES))}) "
+            "ORDER BY created_at_ms, rowid",
+            _LIVE_STATES,
+        )
+        return (
+            [codec.dispatch_from_row(row) for row in dispatches],
+            [codec.job_from_row(row) for row in jobs],
+        )
+
+    # -- events
+
+    def query_events(self, query: EventQuery) -> list[StoredEvent]:
+        sql, params = _event_query_sql(query)
+        return [codec.event_from_row(row) for row in self._reader.all(sql, params)]
+
+    async def sweep(self, *, events_before_ms: int) -> int:
+        """Retention: delete events older than `events_before_ms`; returns how many went."""
+        return await self._write(
+            partial(_delete_events_before, before_ms=events_before_ms), "sweep events"
+        )
+
+    @property
+    def _reader(self) -> _Reader:
+        if self._reader_conn is None:
+            raise RuntimeError("store is not open")
+        return self._reader_conn
+
+
+def _event_query_sql(query: EventQuery) -> tuple[str, list[Any]]:
+    """WHERE clauses for the filters that are set; kinds are prefixes, matched case-sensitively."""
+    where, params = ["project_id = ?", "seq > ?"], [query.project_id, query.after_seq]
+    for column in ("room_name", "job_id", "dispatch_id", "agent_name"):
+        value = getattr(query, column)
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if query.kinds:
+        where.append("(" + " OR ".join("substr(kind, 1, ?) = ?" for _ in query.kinds) + ")")
+        for prefix in query.kinds:
+            params.extend((len(prefix), prefix))
+    params.append(max(0, min(query.limit, EVENT_QUERY_MAX)))
+    return f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?", params

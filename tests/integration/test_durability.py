@@ -1,0 +1,125 @@
+"""Workers that drop, servers that die: no record lost, no job run twice, none dropped silently."""
+
+from __future__ import annotations
+
+import aiohttp
+import jwt
+from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
+
+from callboard.client.worker import LightWorker, WorkerProtocol
+from tests.support.clients import light_worker, lk_api, project_get, wait_for
+from tests.support.server import DEV_SECRET, ServerProcess
+
+
+async def _reconnect(
+    http: aiohttp.ClientSession, server: ServerProcess, agent_name: str, job_ids: list[str]
+) -> LightWorker:
+    """What livekit-agents does after a drop: register again, then migrate_job its running jobs."""
+    worker = await light_worker(http, server, agent_name)
+    await worker.send(worker.proto.migrate(job_ids))
+    return worker
+
+
+async def test_worker_back_within_grace_keeps_its_job(
+    server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    first = await light_worker(http, server, "sticky")
+    spare = await light_worker(http, server, "sticky", proto=WorkerProtocol("sticky"))
+    async with lk_api(server) as lkapi:
+        d = await lkapi.agent_dispatch.create_dispatch(
+            CreateAgentDispatchRequest(agent_name="sticky", room="grace-room")
+        )
+    holder_id = await _assigned_to(http, server, d.id)
+    holder = first if first.proto.worker_id == holder_id else spare
+    other = spare if holder is first else first
+    job_id = (await holder.next("assignment")).assignment.job.id
+    await holder.close()  # the connection drops
+    back = await _reconnect(http, server, "sticky", [job_id])
+    await wait_for(lambda: _job_worker(http, server, d.id, back.proto.worker_id))
+    _, trace = await project_get(http, server, f"/dispatches/{d.id}/explain")
+    assert [j["job_id"] for j in trace["jobs"]] == [job_id]  # no second job, no second agent
+    assert trace["jobs"][0]["state"] == "running"
+    assert "migrated" in [t["what"] for t in trace["trace"]]
+    assert other.proto.offers == []
+    await back.close()
+    await other.close()
+
+
+async def test_worker_that_never_returns_has_its_job_redispatched_once(
+    server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    gone = await light_worker(http, server, "fragile")
+    async with lk_api(server) as lkapi:
+        d = await lkapi.agent_dispatch.create_dispatch(
+            CreateAgentDispatchRequest(agent_name="fragile", room="lost-room")
+        )
+    first = (await gone.next("assignment")).assignment
+    await gone.close()
+    rescuer = await light_worker(http, server, "fragile")
+    second = (await rescuer.next("assignment", timeout=15)).assignment  # after the 3 s grace
+    assert second.job.dispatch_id == d.id and second.job.id != first.job.id
+    claims = jwt.decode(second.token, DEV_SECRET, algorithms=["HS256"])
+    assert claims["callboard"]["attempt"] == 2
+    _, trace = await project_get(http, server, f"/dispatches/{d.id}/explain")
+    states = {j["job_id"]: j["state"] for j in trace["jobs"]}
+    assert states[first.job.id] == "failed" and states[second.job.id] in ("assigned", "running")
+    assert "redispatched" in [t["what"] for t in trace["trace"]]
+    await rescuer.close()
+
+
+async def test_server_killed_and_restarted_loses_no_record(
+    server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    worker = await light_worker(http, server, "durable")
+    acknowledged = []
+    async with lk_api(server) as lkapi:
+        for i in range(25):
+            d = await lkapi.agent_dispatch.create_dispatch(
+                CreateAgentDispatchRequest(agent_name="durable", room=f"room-{i % 5}")
+            )
+            acknowledged.append(d.id)
+        queued = await lkapi.agent_dispatch.create_dispatch(
+            CreateAgentDispatchRequest(agent_name="nobody-yet", room="room-q")
+        )
+    job_ids = [(await worker.next("assignment")).assignment.job.id for _ in range(25)]
+    server.kill()  # SIGKILL: no drain, no flush
+    await worker.close()
+    server.start()
+    async with lk_api(server) as lkapi:
+        listed = set()
+        for i in range(5):
+            listed |= {x.id for x in await lkapi.agent_dispatch.list_dispatch(f"room-{i}")}
+        assert listed == set(acknowledged)
+        assert [x.id for x in await lkapi.agent_dispatch.list_dispatch("room-q")] == [queued.id]
+    back = await _reconnect(http, server, "durable", job_ids)
+    late = await light_worker(http, server, "nobody-yet")
+    assert (await late.next("assignment")).assignment.job.dispatch_id == queued.id
+    for dispatch_id in acknowledged[:3]:
+        await wait_for(lambda d=dispatch_id: _job_worker(http, server, d, back.proto.worker_id))
+    assert back.proto.offers == []  # resumed by migration, never offered again
+    await back.close()
+    await late.close()
+
+
+async def _assigned_to(http: aiohttp.ClientSession, server: ServerProcess, dispatch_id: str) -> str:
+    async def check() -> str:
+        _, trace = await project_get(http, server, f"/dispatches/{dispatch_id}/explain")
+        jobs = trace.get("jobs") or []
+        return str(jobs[0]["worker_id"]) if jobs and jobs[0]["worker_id"] else ""
+
+    result = ""
+
+    async def ready() -> bool:
+        nonlocal result
+        result = await check()
+        return bool(result)
+
+    await wait_for(ready)
+    return result
+
+
+async def _job_worker(
+    http: aiohttp.ClientSession, server: ServerProcess, dispatch_id: str, worker_id: str
+) -> bool:
+    _, trace = await project_get(http, server, f"/dispatches/{dispatch_id}/explain")
+    return any(j["worker_id"] == worker_id and j["state"] == "running" for j in trace["jobs"])

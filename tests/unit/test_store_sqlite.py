@@ -1,0 +1,603 @@
+"""SqliteStore on real SQLite files: records, scoping, keys, restart, migrations, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from callboard.dispatch.model import (
+    DispatchRecord,
+    DispatchSpec,
+    JobRecord,
+    JobState,
+    JobType,
+    RecordEvent,
+    RoomRef,
+    TraceEntry,
+)
+from callboard.store import schema
+from callboard.store.base import EventQuery, Room
+from callboard.store.sqlite import SqliteStore
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def job(
+    job_id: str = "AJ_1",
+    state: JobState = JobState.PENDING,
+    at_ms: int = 1_000,
+    project_id: str = "P_a",
+    **overrides: object,
+) -> JobRecord:
+    fields: dict[str, object] = dict(
+        job_id=job_id, dispatch_id="AD_1", project_id=project_id, owner="alice",
+        room_name="room-1", agent_name="agent", attempt=1, state=state, worker_id="",
+        error="", created_at_ms=1_000, updated_at_ms=at_ms,
+    )
+    fields.update(overrides)
+    return JobRecord(**fields)  # type: ignore[arg-type]
+
+
+def dispatch(
+    dispatch_id: str = "AD_1", project_id: str = "P_a", room: str = "room-1", deleted: bool = False
+) -> DispatchRecord:
+    spec = DispatchSpec(
+        dispatch_id=dispatch_id, project_id=project_id, owner="alice", api_key="APIalice",
+        agent_name="agent", room=RoomRef(project_id, room, "RM_room1"), metadata='{"x": 1}',
+        namespace="ns", job_type=JobType.PUBLISHER, source="api", created_at_ms=500,
+    )
+    trace = (
+        TraceEntry(500, "created", {"by": "APIalice"}),
+        TraceEntry(510, "candidates", {"workers": ["AW_1", "AW_2"], "count": 2}),
+    )
+    return DispatchRecord(spec=spec, deleted=deleted, trace=trace, job_ids=("AJ_1", "AJ_2"))
+
+
+def event(
+    kind: str = "job.assigned", project_id: str = "P_a", at_ms: int = 1_000, **overrides: str
+) -> RecordEvent:
+    return RecordEvent(project_id=project_id, kind=kind, at_ms=at_ms, message=kind, **overrides)
+
+
+def room(name: str = "room-1", project_id: str = "P_a") -> Room:
+    return Room(
+        project_id=project_id, name=name, sid="RM_" + name, created_at_ms=7, creator_key="APIalice",
+        owner="alice", metadata="m", empty_timeout_s=30, departure_timeout_s=20,
+        max_participants=5, agents=(("agent", "meta"), ("other", "")),
+    )
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait for the writer thread to reach a point (it runs beside the loop, so we must poll)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "callboard.db"
+
+
+@pytest.fixture
+async def store(db: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(str(db))
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Round trips
+
+
+async def test_projects_round_trip_and_names_are_unique(store: SqliteStore) -> None:
+    a = await store.create_project("alpha")
+    b = await store.create_project("beta")
+    assert a.project_id.startswith("P_") and len(a.project_id) == 14
+    assert store.list_projects() == [a, b]
+    assert store.get_project("alpha") == a
+    assert store.get_project(b.project_id) == b
+    assert store.get_project("nope") is None
+    with pytest.raises(ValueError, match="project 'alpha' already exists"):
+        await store.create_project("alpha")
+
+
+async def test_keys_round_trip(store: SqliteStore) -> None:
+    p = await store.create_project("dev")
+    dev = await store.add_key(p.project_id, key="devkey", secret="secret")
+    alice = await store.add_key(p.project_id, developer="alice")
+    assert (dev.key, dev.secret, dev.kind) == ("devkey", "secret", "production")
+    assert alice.key.startswith("API") and len(alice.key) == 15 and len(alice.secret) == 43
+    assert alice.kind == "developer"
+    assert store.list_keys(p.project_id) == [dev, alice]
+    assert store.list_keys() == [dev, alice]
+    assert store.get_key("devkey") == dev
+    with pytest.raises(ValueError, match="API key 'devkey' already exists"):
+        await store.add_key(p.project_id, key="devkey", secret="other")
+    with pytest.raises(ValueError, match="does not exist"):
+        await store.add_key("P_missing")
+
+
+async def test_rooms_round_trip(store: SqliteStore) -> None:
+    r1, r2 = room("room-1"), room("room-2")
+    await store.save_room(r1)
+    await store.save_room(r2)
+    await store.save_room(room("room-1", project_id="P_b"))
+    assert store.get_room("P_a", "room-1") == r1
+    assert store.list_rooms("P_a") == [r1, r2]
+    assert store.list_rooms("P_a", names=["room-2", "ghost"]) == [r2]
+    assert store.list_rooms("P_a", names=[]) == []
+    updated = Room("P_a", "room-1", "RM_new", 8, metadata="changed")
+    await store.save_room(updated)
+    assert store.get_room("P_a", "room-1") == updated
+    await store.delete_room("P_a", "room-1")
+    assert store.get_room("P_a", "room-1") is None
+    assert store.get_room("P_b", "room-1") is not None
+
+
+async def test_dispatches_round_trip(store: SqliteStore) -> None:
+    record = dispatch()
+    store.submit_dispatch(record)
+    store.submit_dispatch(dispatch("AD_2", room="room-2", deleted=True))
+    await store.flush()
+    assert store.get_dispatch("P_a", "AD_1") == record
+    assert store.get_dispatch("P_other", "AD_1") is None
+    assert store.list_dispatches("P_a") == [record]
+    assert [d.spec.dispatch_id for d in store.list_dispatches("P_a", include_deleted=True)] == [
+        "AD_1", "AD_2",
+    ]
+    assert store.list_dispatches("P_a", room_name="room-2") == []
+
+
+async def test_jobs_round_trip(store: SqliteStore) -> None:
+    record = job(state=JobState.RUNNING, worker_id="AW_1", participant_identity="agent-AJ_1",
+                 error="", attempt=2)
+    store.submit_job(record)
+    await store.flush()
+    assert store.get_job("P_a", "AJ_1") == record
+    assert store.get_job("P_b", "AJ_1") is None
+
+
+async def test_events_round_trip(store: SqliteStore) -> None:
+    e = event(level="warning", room_name="r", dispatch_id="AD_1", job_id="AJ_1", worker_id="AW_1",
+              agent_name="agent", owner="alice")
+    store.submit_event(e)
+    await store.flush()
+    [stored] = store.query_events(EventQuery(project_id="P_a"))
+    assert stored.seq >= 1
+    assert (stored.kind, stored.level, stored.room_name, stored.dispatch_id, stored.job_id,
+            stored.worker_id, stored.agent_name, stored.owner, stored.at_ms, stored.message) == (
+        e.kind, "warning", "r", "AD_1", "AJ_1", "AW_1", "agent", "alice", e.at_ms, e.message,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Job history, live state, events
+
+
+async def test_job_history_only_on_state_changes(store: SqliteStore) -> None:
+    store.submit_job(job(state=JobState.PENDING, at_ms=1))
+    store.submit_job(job(state=JobState.PENDING, at_ms=2, error="still waiting"))
+    store.submit_job(job(state=JobState.OFFERED, at_ms=3))
+    store.submit_job(job(state=JobState.ASSIGNED, at_ms=4, worker_id="AW_1"))
+    store.submit_job(job(state=JobState.ASSIGNED, at_ms=5, worker_id="AW_1"))
+    store.submit_job(job(state=JobState.RUNNING, at_ms=6, worker_id="AW_1"))
+    await store.flush()
+    assert store.job_history("P_a", "AJ_1") == [
+        ("pending", 1), ("offered", 3), ("assigned", 4), ("running", 6),
+    ]
+    assert store.job_history("P_other", "AJ_1") == []
+
+
+async def test_live_state_skips_terminal_jobs_and_deleted_dispatches(store: SqliteStore) -> None:
+    store.submit_dispatch(dispatch("AD_1"))
+    store.submit_dispatch(dispatch("AD_2", deleted=True))
+    store.submit_dispatch(dispatch("AD_3", project_id="P_b"))
+    for n, state in enumerate(JobState):
+        store.submit_job(job(f"AJ_{n}", state, project_id="P_a" if n % 2 else "P_b"))
+    await store.flush()
+    dispatches, jobs = store.live_state()
+    assert {d.spec.dispatch_id for d in dispatches} == {"AD_1", "AD_3"}
+    assert {j.state for j in jobs} == {s for s in JobState if not s.is_terminal}
+
+
+async def test_query_events_filters(store: SqliteStore) -> None:
+    store.submit_event(event("dispatch.created", dispatch_id="AD_1", room_name="r1"))
+    store.submit_event(event("job.assigned", job_id="AJ_1", room_name="r1", agent_name="a"))
+    store.submit_event(event("job.Ended", job_id="AJ_2", room_name="r2", agent_name="b"))
+    store.submit_event(event("worker.connected", worker_id="AW_1"))
+    store.submit_event(event("job.assigned", project_id="P_b", job_id="AJ_1", room_name="r1"))
+    await store.flush()
+
+    def kinds(**filters: object) -> list[str]:
+        query = EventQuery(project_id="P_a", **filters)  # type: ignore[arg-type]
+        return [e.kind for e in store.query_events(query)]
+
+    assert kinds() == ["dispatch.created", "job.assigned", "job.Ended", "worker.connected"]
+    assert kinds(room_name="r1") == ["dispatch.created", "job.assigned"]
+    assert kinds(job_id="AJ_1") == ["job.assigned"]
+    assert kinds(dispatch_id="AD_1") == ["dispatch.created"]
+    assert kinds(agent_name="b") == ["job.Ended"]
+    assert kinds(kinds=("job.",)) == ["job.assigned", "job.Ended"]
+    assert kinds(kinds=("JOB.",)) == []  # prefixes are case-sensitive
+    assert kinds(kinds=("dispatch.", "worker.")) == ["dispatch.created", "worker.connected"]
+    assert kinds(limit=2) == ["dispatch.created", "job.assigned"]
+    first_two = store.query_events(EventQuery(project_id="P_a", limit=2))
+    assert kinds(after_seq=first_two[-1].seq) == ["job.Ended", "worker.connected"]
+
+
+async def test_query_events_limit_is_capped(store: SqliteStore) -> None:
+    for n in range(1_005):
+        store.submit_event(event(at_ms=n))
+    await store.flush()
+    page = store.query_events(EventQuery(project_id="P_a", limit=5_000))
+    assert len(page) == 1_000
+    assert [e.seq for e in page] == sorted(e.seq for e in page)
+
+
+async def test_sweep_deletes_old_events_only(store: SqliteStore) -> None:
+    for at_ms in (10, 20, 30, 40):
+        store.submit_event(event(at_ms=at_ms))
+    await store.flush()
+    assert await store.sweep(events_before_ms=30) == 2
+    assert [e.at_ms for e in store.query_events(EventQuery(project_id="P_a"))] == [30, 40]
+
+
+async def test_reads_work_from_other_threads(store: SqliteStore) -> None:
+    p = await store.create_project("threads")
+    await store.add_key(p.project_id, key="k1", secret="s1")
+    assert await asyncio.to_thread(store.list_projects) == [p]
+    found = await asyncio.to_thread(store.get_key, "k1")
+    assert found is not None and found.secret == "s1"
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoping and keys
+
+
+async def fill_project(store: SqliteStore, name: str) -> str:
+    p = await store.create_project(name)
+    pid = p.project_id
+    await store.add_key(pid, key=f"key-{name}", secret="s")
+    await store.save_room(room(project_id=pid))
+    store.submit_dispatch(dispatch(f"AD_{name}", project_id=pid))
+    store.submit_job(job(f"AJ_{name}", project_id=pid, dispatch_id=f"AD_{name}"))
+    store.submit_event(event(project_id=pid, job_id=f"AJ_{name}"))
+    await store.flush()
+    return pid
+
+
+async def test_delete_project_cascades_and_spares_others(store: SqliteStore, db: Path) -> None:
+    doomed = await fill_project(store, "doomed")
+    kept = await fill_project(store, "kept")
+    await store.delete_project(doomed)
+
+    assert store.get_project("doomed") is None
+    assert store.get_key("key-doomed") is None
+    assert store.list_keys(doomed, include_revoked=True) == []
+    assert store.list_rooms(doomed) == []
+    assert store.list_dispatches(doomed, include_deleted=True) == []
+    assert store.get_job(doomed, "AJ_doomed") is None
+    assert store.query_events(EventQuery(project_id=doomed)) == []
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM job_history WHERE job_id = 'AJ_doomed'"
+                            ).fetchone() == (0,)
+    conn.close()
+
+    assert store.get_project("kept") is not None
+    assert store.get_key("key-kept") is not None
+    assert len(store.list_rooms(kept)) == 1
+    assert len(store.list_dispatches(kept)) == 1
+    assert store.job_history(kept, "AJ_kept") == [("pending", 1_000)]
+    assert len(store.query_events(EventQuery(project_id=kept))) == 1
+
+
+async def test_revoke_is_immediate_and_survives_reopen(store: SqliteStore, db: Path) -> None:
+    p = await store.create_project("p")
+    k = await store.add_key(p.project_id, developer="bob")
+    assert store.get_key(k.key) == k
+    revoking = asyncio.ensure_future(store.revoke_key(k.key))
+    await asyncio.sleep(0)  # the revoke has started, its commit is still on the way
+    assert store.get_key(k.key) is None
+    revoked = await revoking
+    assert revoked is not None and revoked.revoked
+    assert store.get_key(k.key) is None
+    assert store.list_keys(p.project_id) == []
+    assert store.list_keys(p.project_id, include_revoked=True) == [revoked]
+    assert await store.revoke_key("APInothere") is None
+
+    await store.close()
+    await store.open()
+    assert store.get_key(k.key) is None
+
+
+async def test_add_then_revoke_in_flight_keeps_the_key_revoked(store: SqliteStore) -> None:
+    p = await store.create_project("p")
+    adding = asyncio.ensure_future(store.add_key(p.project_id, key="racy", secret="s"))
+    await asyncio.sleep(0)
+    revoked = await store.revoke_key("racy")
+    await adding
+    assert revoked is not None and revoked.revoked
+    assert store.get_key("racy") is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Restart and migrations
+
+
+async def test_reopen_keeps_everything(db: Path) -> None:
+    first = SqliteStore(str(db))
+    await first.open()
+    pid = await fill_project(first, "p")
+    store_job = job("AJ_x", JobState.RUNNING, project_id=pid, worker_id="AW_1")
+    first.submit_job(store_job)
+    await first.close()
+
+    second = SqliteStore(str(db))
+    await second.open()
+    try:
+        assert second.get_project("p") is not None
+        assert second.get_key("key-p") is not None
+        assert second.get_room(pid, "room-1") == room(project_id=pid)
+        assert second.get_dispatch(pid, "AD_p") == dispatch("AD_p", project_id=pid)
+        assert second.get_job(pid, "AJ_x") == store_job
+        _, live = second.live_state()
+        assert store_job in live
+        assert len(second.query_events(EventQuery(project_id=pid))) == 1
+    finally:
+        await second.close()
+
+
+def user_version(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return schema.user_version(conn)
+    finally:
+        conn.close()
+
+
+async def test_empty_file_is_migrated(db: Path) -> None:
+    db.write_bytes(b"")
+    s = SqliteStore(str(db))
+    await s.open()
+    await s.create_project("p")
+    await s.close()
+    assert user_version(db) == schema.LATEST
+
+
+async def test_older_schema_is_migrated_with_its_data(db: Path) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    assert schema.migrate(conn, schema.MIGRATIONS[:1]) == 1
+    conn.execute("INSERT INTO projects VALUES ('P_old', 'old', 1)")
+    conn.execute("INSERT INTO api_keys VALUES ('devkey', 'secret', 'P_old', '', 1, 0)")
+    conn.close()
+
+    s = SqliteStore(str(db))
+    await s.open()
+    try:
+        assert user_version(db) == schema.LATEST
+        assert s.get_project("old") is not None
+        found = s.get_key("devkey")
+        assert found is not None and found.project_id == "P_old"
+        s.submit_job(job(project_id="P_old"))
+        await s.flush()
+        assert s.job_history("P_old", "AJ_1") == [("pending", 1_000)]
+    finally:
+        await s.close()
+
+
+async def test_newer_schema_is_refused(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {schema.LATEST + 1}")
+    conn.close()
+    s = SqliteStore(str(db))
+    with pytest.raises(schema.SchemaVersionError, match="newer than this callboard supports"):
+        await s.open()
+    with pytest.raises(RuntimeError, match="not open"):
+        await s.create_project("p")
+    assert user_version(db) == schema.LATEST + 1
+
+
+def test_failed_migration_leaves_the_previous_version(db: Path) -> None:
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE half (x INTEGER)")
+        raise RuntimeError("boom")
+
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            schema.migrate(conn, [*schema.MIGRATIONS[:1], broken])
+        assert schema.user_version(conn) == 1
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "half" not in tables and "projects" in tables
+    finally:
+        conn.close()
+
+
+def test_memory_databases_are_refused() -> None:
+    with pytest.raises(ValueError, match="needs a file path"):
+        SqliteStore(":memory:")
+
+
+# --------------------------------------------------------------------------------------------------
+# The writer: group commit, failures, ordering, close, crash
+
+
+async def test_group_commit_of_many_submits(store: SqliteStore) -> None:
+    n = 5_000
+    started = time.perf_counter()
+    for i in range(n):
+        store.submit_job(job(f"AJ_{i}", JobState.PENDING, at_ms=i))
+        store.submit_event(event(job_id=f"AJ_{i}", at_ms=i))
+    await store.flush()
+    elapsed = time.perf_counter() - started
+    stats = store.stats
+    print(f"\n{2 * n} writes in {elapsed:.3f}s ({2 * n / elapsed:,.0f} ops/s): "
+          f"{stats.commits} commits, {stats.batches} batches, {stats.ops} ops")
+    assert stats.ops == 2 * n and stats.failed_ops == 0
+    assert stats.commits < stats.ops
+    _, jobs = store.live_state()
+    assert len(jobs) == n
+    events = store.query_events(EventQuery(project_id="P_a", job_id=f"AJ_{n - 1}"))
+    assert [e.at_ms for e in events] == [n - 1]
+
+
+async def test_throughput_of_job_writes(store: SqliteStore) -> None:
+    """Not an assertion on time: prints submit+flush throughput for 10k job upserts."""
+    n = 10_000
+    started = time.perf_counter()
+    for i in range(n):
+        store.submit_job(job(f"AJ_{i % 2_000}", list(JobState)[i % 4], at_ms=i))
+    await store.flush()
+    elapsed = time.perf_counter() - started
+    print(f"\n{n} job writes: {n / elapsed:,.0f} ops/s, {store.stats.commits} commits")
+    assert store.stats.ops == n
+
+
+async def test_bad_op_fails_only_its_own_future(
+    store: SqliteStore, db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.create_project("taken")
+    # Another connection holds the write lock, so the writer stalls on a first op and everything
+    # queued meanwhile lands in one batch.
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        batches = store.stats.batches
+        store.submit_event(event("first"))
+        await until(lambda: store.stats.batches == batches + 1)
+        good_a = asyncio.ensure_future(store.create_project("a"))
+        bad = asyncio.ensure_future(store.create_project("taken"))
+        good_b = asyncio.ensure_future(store.create_project("b"))
+        store.submit_event(RecordEvent(None, "bad", 1, "no project"))  # type: ignore[arg-type]
+        store.submit_event(event("after"))
+        await until(lambda: store.queued == 5)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    with caplog.at_level(logging.WARNING, logger="callboard.store.sqlite"):
+        # The submits shared the batch, so they are committed once these futures resolve.
+        results = await asyncio.gather(good_a, bad, good_b, return_exceptions=True)
+    assert isinstance(results[1], ValueError) and "already exists" in str(results[1])
+    assert store.get_project("a") is not None and store.get_project("b") is not None
+    assert store.stats.batches == batches + 2 and store.stats.retried_batches == 1
+    assert store.stats.failed_ops == 2
+    kinds = [e.kind for e in store.query_events(EventQuery(project_id="P_a"))]
+    assert kinds == ["first", "after"]
+    assert "event bad" in caplog.text and "NOT NULL" in caplog.text
+
+
+async def test_a_locked_file_fails_the_batch_not_the_store(db: Path) -> None:
+    s = SqliteStore(str(db), busy_timeout_ms=50)
+    await s.open()
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # e.g. an offline `admin --db` holding the write lock
+        s.submit_event(event("lost"))
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await s.create_project("p")
+        blocker.execute("ROLLBACK")
+        await s.create_project("p")
+        assert s.stats.retried_batches == 0
+        assert s.get_project("p") is not None
+        assert s.query_events(EventQuery(project_id="P_a")) == []
+    finally:
+        blocker.close()
+        await s.close()
+
+
+async def test_concurrent_tasks_keep_order_per_job(store: SqliteStore) -> None:
+    path = [JobState.PENDING, JobState.OFFERED, JobState.ASSIGNED, JobState.RUNNING,
+            JobState.SUCCESS]
+
+    async def walk(job_id: str) -> None:
+        for step, state in enumerate(path):
+            store.submit_job(job(job_id, state, at_ms=step))
+            if step % 2:
+                await store.save_room(room(job_id))  # an awaited write between submits
+            else:
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*(walk(f"AJ_{n}") for n in range(50)))
+    await store.flush()
+    for n in range(50):
+        assert store.job_history("P_a", f"AJ_{n}") == [
+            (state.value, step) for step, state in enumerate(path)
+        ]
+        found = store.get_job("P_a", f"AJ_{n}")
+        assert found is not None and found.state is JobState.SUCCESS
+
+
+async def test_close_flushes_pending_submits(db: Path) -> None:
+    s = SqliteStore(str(db))
+    await s.open()
+    for i in range(1_000):
+        s.submit_event(event(at_ms=i))
+    await s.close()
+    with pytest.raises(RuntimeError, match="not open"):
+        s.submit_event(event())
+
+    await s.open()
+    try:
+        assert len(s.query_events(EventQuery(project_id="P_a", limit=1_000))) == 1_000
+    finally:
+        await s.close()
+
+
+CRASHING_WRITER = textwrap.dedent("""
+    import asyncio, os, sys
+    from callboard.dispatch.model import JobRecord, JobState, RecordEvent
+    from callboard.store.sqlite import SqliteStore
+
+    async def main() -> None:
+        store = SqliteStore(sys.argv[1])
+        await store.open()
+        project = await store.create_project("survivor")
+        await store.add_key(project.project_id, key="devkey", secret="secret")
+        for i in range(500):
+            store.submit_job(JobRecord(f"AJ_{i}", "AD_1", project.project_id, "", "room", "agent",
+                                       1, JobState.RUNNING, "AW_1", "", 1, 2))
+            store.submit_event(RecordEvent(project.project_id, "job.running", i, "running"))
+        await store.flush()
+        print("flushed", flush=True)
+        os._exit(0)  # no close(): as if the process were killed
+
+    asyncio.run(main())
+""")
+
+
+async def test_data_survives_a_kill_after_flush(db: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CRASHING_WRITER, str(db)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "flushed"
+
+    s = SqliteStore(str(db))
+    await s.open()
+    try:
+        project = s.get_project("survivor")
+        assert project is not None
+        assert s.get_key("devkey") is not None
+        _, jobs = s.live_state()
+        assert len(jobs) == 500
+        events = s.query_events(EventQuery(project_id=project.project_id, limit=1_000))
+        assert len(events) == 500
+    finally:
+        await s.close()
