@@ -4,9 +4,9 @@
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
 
 if [ "${CALLBOARD_IN_TEST_NETNS:-}" != "1" ]; then
+  bash scripts/setup.sh   # outside the namespace: the registries are reachable only from here
   export CALLBOARD_IN_TEST_NETNS=1
   exec unshare -rn bash -c '
     set -e

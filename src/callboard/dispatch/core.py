@@ -107,6 +107,7 @@ class Dispatcher:
         self._timers = Timers()
         self._seq = itertools.count()
         self._out = Outbox()
+        self._forget: list[str] = []  # deleted dispatches to drop after this event's actions
 
     # -- the one way in ---------------------------------------------------------------------------
 
@@ -114,7 +115,21 @@ class Dispatcher:
         """Apply one event; return what the transports must do, in order."""
         self._out = Outbox()
         self._route(event)
-        return self._out.drain(self._dispatches, self._jobs)
+        actions = self._out.drain(self._dispatches, self._jobs)
+        self._prune()
+        return actions
+
+    def _prune(self) -> None:
+        """Forget deleted dispatches once saved: memory stays bounded, the store keeps the record.
+
+        Workers told to stop those jobs keep the ids in `stopped`, so their last `update_job`
+        is still taken calmly.
+        """
+        while self._forget:
+            dispatch = self._dispatches.pop(self._forget.pop(), None)
+            for job_id in dispatch.job_ids if dispatch else ():
+                self._jobs.pop(job_id, None)
+                self._timers.clear(job_id)
 
     def next_deadline_ms(self) -> int | None:
         """When the transport should feed the next `Tick` (None: no timer is pending)."""
@@ -160,7 +175,7 @@ class Dispatcher:
         return entry.view() if entry else None
 
     def dispatch(self, dispatch_id: str) -> DispatchRecord | None:
-        """Any dispatch this server knows, deleted ones included (for explain)."""
+        """A dispatch this server holds; deleted ones are forgotten (the store keeps them)."""
         entry = self._dispatches.get(dispatch_id)
         return entry.record() if entry else None
 
@@ -320,6 +335,7 @@ class Dispatcher:
         del self._live[dispatch.spec.project_id][dispatch.dispatch_id]
         self._trace_dispatch(dispatch, now, "deleted", {"reason": why})
         self._dispatch_event("dispatch.deleted", dispatch, why, now)
+        self._forget.append(dispatch.dispatch_id)
 
     def _terminate(self, job: JobEntry, why: str, now: int) -> None:
         if job.rec.state in _ON_WORKER:
