@@ -7,6 +7,7 @@ name), a TOML config file (`--config`, keys are the field names), then the defau
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -46,7 +47,20 @@ class Settings:
     rtc_node_ip: str = ""
     """Address advertised in ICE candidates (rooms issue)."""
     ice_servers: tuple[str, ...] = ()
-    """ICE servers handed to clients, e.g. turn:user:pass@host:3478 (none by default)."""
+    """ICE servers handed to clients, e.g. turn:user:pass@host:3478 (none by default). The server's
+    own peer connections use only the STUN ones (to learn a NAT's public address)."""
+    rtc_ping_interval_s: int = 5
+    """How often /rtc clients ping (whole seconds: the LiveKit SDK aborts its process on 0)."""
+    rtc_ping_timeout_s: int = 15
+    """A /rtc client silent this long (no ping, no message) is removed from its room."""
+    room_empty_timeout_s: int = 300
+    """A room nobody ever joined closes after this long, unless it sets its own empty_timeout."""
+    room_departure_timeout_s: int = 20
+    """A room closes this long after its last participant left, unless it sets departure_timeout."""
+    rtc_data_packets_per_s: float = 500.0
+    """Data rate limit per participant, in packets per second (excess dropped, logged once)."""
+    rtc_data_bytes_per_s: float = 4_194_304.0
+    """Data rate limit per participant, in bytes per second (excess dropped, logged once)."""
     webhook_retries: int = 5
     """Attempts per webhook delivery, with backoff."""
     retention_events_days: int = 30
@@ -58,28 +72,120 @@ class Settings:
 
     @property
     def url(self) -> str:
+        """The ws:// URL clients use: a wildcard host becomes loopback, IPv6 gets brackets."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
         return f"ws://{host}:{self.port}"
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off", ""):
-            return False
-        raise ValueError(f"setting {name}: expected a boolean, got {value!r}")
-    if isinstance(default, tuple):
-        if isinstance(value, str):
-            return tuple(v.strip() for v in value.split(",") if v.strip())
-        return tuple(str(v) for v in value)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_POSITIVE = frozenset(
+    {
+        "availability_timeout_s",
+        "register_timeout_s",
+        "ping_interval_s",
+        "rtc_ping_interval_s",
+        "rtc_ping_timeout_s",
+        "rtc_data_packets_per_s",
+        "rtc_data_bytes_per_s",
+    }
+)
+
+
+def _bad(name: str, expected: str, value: Any) -> ValueError:
+    return ValueError(f"setting {name}: expected {expected}, got {value!r}")
+
+
+def _to_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise _bad(name, "a boolean", value)
+
+
+def _to_int(name: str, value: Any) -> int:
+    """A TOML `true` or `2.5` is refused rather than read as 1 or 2."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise _bad(name, "an integer", value)
+
+
+def _to_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _bad(name, "a number", value)
     try:
-        return type(default)(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"setting {name}: expected {type(default).__name__}, got {value!r}") from None
+        number = float(value)
+    except ValueError:
+        raise _bad(name, "a number", value) from None
+    if not math.isfinite(number):
+        raise _bad(name, "a finite number", value)
+    return number
+
+
+def _to_tuple(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise _bad(name, "a list of strings (or one comma-separated string)", value)
+
+
+def _to_str(name: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise _bad(name, "a string", value)
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Convert a raw value (flag, env text, TOML value) to the type of its default; check it."""
+    converted: Any
+    if isinstance(default, bool):
+        converted = _to_bool(name, value)
+    elif isinstance(default, tuple):
+        converted = _to_tuple(name, value)
+    elif isinstance(default, int):
+        converted = _to_int(name, value)
+    elif isinstance(default, float):
+        converted = _to_float(name, value)
+    else:
+        converted = _to_str(name, value)
+    return _check(name, converted)
+
+
+def _check(name: str, value: Any) -> Any:
+    if name == "log_level":
+        value = value.strip().lower()
+        if value not in LOG_LEVELS:
+            raise _bad(name, " | ".join(LOG_LEVELS), value)
+    elif name == "port" and not 0 <= value <= 65535:
+        raise _bad(name, "a TCP port 0-65535", value)
+    elif name in _POSITIVE and value <= 0:
+        raise _bad(name, "a duration > 0", value)
+    elif isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        raise _bad(name, "a value >= 0", value)
+    return value
+
+
+def _read_config(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ValueError(f"config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path}: not valid TOML: {exc}") from None
 
 
 def load_settings(
@@ -87,15 +193,17 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     config_file: str | Path | None = None,
 ) -> Settings:
-    """Merge defaults < config file < environment < flags (flags whose value is None are unset)."""
+    """Merge defaults < config file < environment < flags (flags whose value is None are unset).
+
+    Raises ValueError naming the setting (or the config file) when a value is unusable.
+    """
     env = os.environ if env is None else env
-    names = {f.name: f for f in fields(Settings) if f.name != "extra"}
+    names = {f.name for f in fields(Settings) if f.name != "extra"}
     merged: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     if config_file:
-        with open(config_file, "rb") as fh:
-            for key, value in tomllib.load(fh).items():
-                (merged if key in names else extra)[key] = value
+        for key, value in _read_config(config_file).items():
+            (merged if key in names else extra)[key] = value
     for name in names:
         env_value = env.get(f"CALLBOARD_{name.upper()}")
         if env_value is not None:

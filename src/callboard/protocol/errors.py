@@ -1,9 +1,9 @@
 """One error hierarchy, each kind carrying its wire hint.
 
 Two families, as in h11: the peer broke the protocol (a worker sent something it must not: the
-connection is closed with a WebSocket close code), or a caller misused an API (the request is answered
-with a Twirp code and HTTP status). Handlers map them in one place each; nothing raises bare
-`Exception`.
+connection is closed with a WebSocket close code), or a caller misused an API (the request is
+answered with a Twirp code and HTTP status). Handlers map them in one place each; nothing raises
+bare `Exception`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Final
 # Twirp error code -> HTTP status (https://twitchtv.github.io/twirp/docs/spec_v7.html).
 TWIRP_STATUS: Final[dict[str, int]] = {
     "canceled": 408,
+    "unknown": 500,
     "invalid_argument": 400,
     "malformed": 400,
     "deadline_exceeded": 408,
@@ -87,7 +88,7 @@ class InvalidArgument(ApiError):
 
 
 class ProtocolViolation(CallboardError):
-    """A worker broke the /agent protocol: its connection is closed with `close_code` and `reason`."""
+    """A worker broke the /agent protocol: its connection is closed with `close_code`, `reason`."""
 
     def __init__(self, reason: str, close_code: int = WS_POLICY_VIOLATION) -> None:
         super().__init__(reason)

@@ -40,13 +40,27 @@ class VideoGrant:
 
     @classmethod
     def from_claim(cls, claim: Mapping[str, Any]) -> VideoGrant:
-        def flag(name: str, default: bool) -> bool:
-            value = claim.get(name, default)
-            return default if value is None else bool(value)
+        """Parse the claim; a flag that is not a JSON boolean is refused (livekit-server does too),
+        so `"roomAdmin": "false"` never reads as granted."""
 
+        def flag(name: str, default: bool) -> bool:
+            value = claim.get(name)
+            if value is None:
+                return default
+            if not isinstance(value, bool):
+                raise Unauthenticated(
+                    f"malformed token: grant video.{name} must be true or false, got {value!r}"
+                )
+            return value
+
+        room = claim.get("room")
+        if room is not None and not isinstance(room, str):
+            raise Unauthenticated(
+                f"malformed token: grant video.room must be a string, got {room!r}"
+            )
         return cls(
             room_join=flag("roomJoin", False),
-            room=str(claim.get("room") or ""),
+            room=room or "",
             room_create=flag("roomCreate", False),
             room_list=flag("roomList", False),
             room_admin=flag("roomAdmin", False),
@@ -91,7 +105,32 @@ def verify(
     *,
     now_s: float | None = None,
 ) -> TokenClaims:
-    """Check signature, expiry and issuer; raise `Unauthenticated` saying which check failed."""
+    """Check algorithm, issuer, signature and times; raise `Unauthenticated` saying which failed.
+
+    `now_s` is the clock (default: the wall clock); exp, nbf and iat are all judged against it with
+    `LEEWAY_S` of slack, as livekit-server does.
+    """
+    _check_algorithm(token)
+    api_key = _issuer(token)
+    secret = secret_for_key(api_key)
+    if secret is None:
+        raise Unauthenticated(f"unknown API key {api_key!r} (revoked, or never issued)")
+    payload = _verified_payload(token, secret, api_key)
+    _check_times(payload, api_key, time.time() if now_s is None else now_s)
+    return _claims_from_payload(api_key, payload)
+
+
+def _check_algorithm(token: str) -> None:
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise Unauthenticated(f"malformed token: {exc}") from None
+    alg = header.get("alg")
+    if alg != ALGORITHM:
+        raise Unauthenticated(f"token algorithm is {alg!r}: only {ALGORITHM} is accepted")
+
+
+def _issuer(token: str) -> str:
     try:
         unverified = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError as exc:
@@ -99,63 +138,107 @@ def verify(
     api_key = unverified.get("iss")
     if not isinstance(api_key, str) or not api_key:
         raise Unauthenticated("token has no issuer (iss): it must name the API key that signed it")
-    secret = secret_for_key(api_key)
-    if secret is None:
-        raise Unauthenticated(f"unknown API key {api_key!r} (revoked, or never issued)")
+    return api_key
+
+
+def _verified_payload(token: str, secret: str, api_key: str) -> dict[str, Any]:
+    """Signature, issuer and the presence of exp; times are checked by `_check_times`."""
+    options: Any = {
+        "require": ["exp"],
+        "verify_exp": False,
+        "verify_nbf": False,
+        "verify_iat": False,
+        "verify_aud": False,
+    }
     try:
-        payload = jwt.decode(
-            token,
-            secret,
-            algorithms=[ALGORITHM],
-            leeway=LEEWAY_S,
-            issuer=api_key,
-            options={"require": ["exp"], "verify_aud": False},
+        payload: dict[str, Any] = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], issuer=api_key, options=options
         )
-    except jwt.ExpiredSignatureError:
-        raise Unauthenticated(f"token expired (API key {api_key})") from None
-    except jwt.ImmatureSignatureError:
-        raise Unauthenticated(f"token not valid yet (nbf in the future, API key {api_key})") from None
     except jwt.InvalidSignatureError:
         raise Unauthenticated(f"invalid token signature for API key {api_key}") from None
     except jwt.MissingRequiredClaimError as exc:
         raise Unauthenticated(f"token is missing the required claim {exc.claim!r}") from None
     except jwt.PyJWTError as exc:
         raise Unauthenticated(f"invalid token: {exc}") from None
-    if now_s is not None and payload["exp"] + LEEWAY_S < now_s:
-        raise Unauthenticated(f"token expired (API key {api_key})")
-    return _claims_from_payload(api_key, payload)
+    return payload
+
+
+def _check_times(payload: Mapping[str, Any], api_key: str, now_s: float) -> None:
+    exp = _seconds(payload, "exp")
+    if exp is not None and exp <= now_s - LEEWAY_S:
+        raise Unauthenticated(
+            f"token expired {now_s - exp:.0f} s ago, beyond the {LEEWAY_S} s leeway "
+            f"(API key {api_key})"
+        )
+    nbf = _seconds(payload, "nbf")
+    if nbf is not None and nbf > now_s + LEEWAY_S:
+        raise Unauthenticated(
+            f"token not valid yet: nbf is {nbf - now_s:.0f} s in the future (API key {api_key})"
+        )
+    iat = _seconds(payload, "iat")
+    if iat is not None and iat > now_s + LEEWAY_S:
+        raise Unauthenticated(
+            f"token issued in the future: iat is {iat - now_s:.0f} s ahead (API key {api_key})"
+        )
+
+
+def _seconds(payload: Mapping[str, Any], name: str) -> float | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Unauthenticated(f"malformed token: claim {name!r} must be a number, got {value!r}")
+    return float(value)
 
 
 def _claims_from_payload(api_key: str, payload: Mapping[str, Any]) -> TokenClaims:
-    video = payload.get("video") or {}
-    attributes = payload.get("attributes") or {}
+    attributes = _object(payload, "attributes")
+    if not all(isinstance(v, str) for v in attributes.values()):
+        raise Unauthenticated("malformed token: claim 'attributes' must map strings to strings")
     room_config = payload.get("roomConfig")
-    job = payload.get("callboard")
     return TokenClaims(
         api_key=api_key,
-        identity=str(payload.get("sub") or ""),
+        identity=_string(payload, "sub"),
         expires_at_s=int(payload["exp"]),
-        video=VideoGrant.from_claim(video if isinstance(video, dict) else {}),
-        name=str(payload.get("name") or ""),
-        kind=str(payload.get("kind") or ""),
-        metadata=str(payload.get("metadata") or ""),
-        attributes={str(k): str(v) for k, v in attributes.items()}
-        if isinstance(attributes, dict)
-        else {},
-        sip=payload.get("sip") or {},
-        room_config=room_config if isinstance(room_config, dict) else None,
-        sha256=str(payload.get("sha256") or ""),
-        job=_job_claim(job),
+        video=VideoGrant.from_claim(_object(payload, "video")),
+        name=_string(payload, "name"),
+        kind=_string(payload, "kind"),
+        metadata=_string(payload, "metadata"),
+        attributes=dict(attributes),
+        sip=_object(payload, "sip"),
+        room_config=_object(payload, "roomConfig") if room_config is not None else None,
+        sha256=_string(payload, "sha256"),
+        job=_job_claim(payload.get("callboard")),
     )
+
+
+def _object(payload: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = payload.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise Unauthenticated(f"malformed token: claim {name!r} must be an object")
+    return value
+
+
+def _string(payload: Mapping[str, Any], name: str) -> str:
+    value = payload.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise Unauthenticated(f"malformed token: claim {name!r} must be a string, got {value!r}")
+    return value
 
 
 def _job_claim(raw: object) -> JobClaim | None:
     if not isinstance(raw, dict):
         return None
-    try:
-        return JobClaim(str(raw["dispatch"]), str(raw["job"]), int(raw["attempt"]))
-    except (KeyError, TypeError, ValueError):
+    dispatch_id, job_id, attempt = raw.get("dispatch"), raw.get("job"), raw.get("attempt")
+    if not (isinstance(dispatch_id, str) and isinstance(job_id, str)):
         return None
+    if isinstance(attempt, bool) or not isinstance(attempt, int):
+        return None
+    return JobClaim(dispatch_id, job_id, attempt)
 
 
 @dataclass(frozen=True)
@@ -180,7 +263,7 @@ def mint_job_token(req: JobTokenRequest, *, now_s: float | None = None) -> str:
     now = int(time.time() if now_s is None else now_s)
     payload: dict[str, Any] = {
         "iss": req.api_key,
-        "sub": req.identity,
+        "sub": req.identity or f"agent-{req.job.job_id}",  # LiveKit's default agent identity
         "nbf": now,
         "exp": now + JOB_TOKEN_TTL_S,
         "name": req.name,
@@ -195,7 +278,11 @@ def mint_job_token(req: JobTokenRequest, *, now_s: float | None = None) -> str:
             "canUpdateOwnMetadata": req.can_update_own_metadata,
             "hidden": req.hidden,
         },
-        "callboard": {"dispatch": req.job.dispatch_id, "job": req.job.job_id, "attempt": req.job.attempt},
+        "callboard": {
+            "dispatch": req.job.dispatch_id,
+            "job": req.job.job_id,
+            "attempt": req.job.attempt,
+        },
     }
     if req.metadata:
         payload["metadata"] = req.metadata
@@ -209,10 +296,14 @@ def sign(payload: Mapping[str, Any], secret: str) -> str:
 
 
 def bearer(header: str | None) -> str | None:
-    """The token of an `Authorization: Bearer <jwt>` header (a bare token is accepted too)."""
-    if not header:
-        return None
-    scheme, _, rest = header.strip().partition(" ")
-    if rest and scheme.lower() == "bearer":
-        return rest.strip() or None
-    return header.strip() if not rest else None
+    """The token of an `Authorization: Bearer <jwt>` header (a bare token is accepted too).
+
+    None when there is no token: an empty header, `Bearer` with nothing after it, another scheme
+    (`Basic …`), or more than one word after `Bearer`.
+    """
+    parts = (header or "").split()
+    if len(parts) == 2 and parts[0].lower() == "bearer":
+        return parts[1]
+    if len(parts) == 1 and parts[0].lower() != "bearer":
+        return parts[0]
+    return None

@@ -1,0 +1,1 @@
+"""The `callboard` command: mirrors `lk` where it overlaps, adds what developers miss."""

@@ -1,0 +1,69 @@
+"""Entry point of the `callboard` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import click
+
+from callboard import __version__
+from callboard.cli.admin import admin
+from callboard.settings import load_settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="callboard")
+def cli() -> None:
+    """callboard: a self-hosted, LiveKit-compatible agent dispatch server.
+
+    Start a dev server with `callboard server --dev`, then point livekit-agents workers at it with
+    LIVEKIT_URL=ws://127.0.0.1:7880 LIVEKIT_API_KEY=devkey LIVEKIT_API_SECRET=secret.
+    """
+
+
+@cli.command()
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port (default 7880).")
+@click.option("--db", help="SQLite database file (default ./callboard.db).")
+@click.option("--dev", is_flag=True, default=None,
+              help="Ensure a project 'dev' with key devkey / secret secret.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Log level (default info).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False),
+              help="TOML file with settings (flags and CALLBOARD_* env override it).")
+def server(host: str | None, port: int | None, db: str | None, dev: bool | None,
+           log_level: str | None, config: str | None) -> None:
+    """Run the server: /agent, Twirp APIs, the admin and project APIs, on one port."""
+    from callboard.server.app import serve
+
+    try:
+        settings = load_settings(
+            {"host": host, "port": port, "db": db, "dev": dev, "log_level": log_level},
+            config_file=config,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for key in settings.extra:
+        logging.getLogger("callboard").warning("config file: unknown setting %r ignored", key)
+    try:
+        asyncio.run(serve(settings, ready=lambda text: click.echo(text, err=False)))
+    except OSError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from None
+
+
+cli.add_command(admin)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":  # `python -m callboard.cli.main`, as the test fixture starts the server
+    main()

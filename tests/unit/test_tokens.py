@@ -1,0 +1,392 @@
+"""Access tokens: what livekit-api's AccessToken makes verifies here; what we mint verifies there.
+
+Every refusal is an `Unauthenticated` whose message says which check failed, because a developer
+whose worker retries a 401 for two minutes (livekit-wire §1) has only that message to go on.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import jwt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from livekit import api
+from livekit.protocol.agent_dispatch import RoomAgentDispatch
+from livekit.protocol.room import RoomConfiguration
+
+from callboard.protocol import tokens
+from callboard.protocol.errors import Unauthenticated
+from callboard.protocol.tokens import JobClaim, JobTokenRequest, bearer, mint_job_token, verify
+
+KEY = "APIk3yFor7ests"
+SECRET = "a-secret-of-at-least-thirty-two-bytes-for-HS256"
+SECRETS = {KEY: SECRET}
+NOW = 1_750_000_000
+
+
+def lookup(key: str) -> str | None:
+    return SECRETS.get(key)
+
+
+def lk_token(**build: Any) -> str:
+    """A token made by the real livekit-api AccessToken; keyword names are its `with_*` methods."""
+    token = api.AccessToken(KEY, SECRET)
+    for name, value in build.items():
+        getattr(token, f"with_{name}")(value)
+    return token.to_jwt()
+
+
+def raw_token(payload: Any, *, secret: str = SECRET, header: dict[str, Any] | None = None) -> str:
+    """A hand-made HS256 JWT, for payloads PyJWT's encoder refuses to produce."""
+
+    def part(obj: Any) -> bytes:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=")
+
+    signing_input = part(header or {"alg": "HS256", "typ": "JWT"}) + b"." + part(payload)
+    digest = hmac.new(secret.encode(), signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + base64.urlsafe_b64encode(digest).rstrip(b"=")).decode()
+
+
+def claims_for(**extra: Any) -> dict[str, Any]:
+    return {"iss": KEY, "sub": "alice", "nbf": NOW, "exp": NOW + 600, **extra}
+
+
+def job_request(**overrides: Any) -> JobTokenRequest:
+    fields: dict[str, Any] = {
+        "api_key": KEY,
+        "api_secret": SECRET,
+        "room": "room-1",
+        "identity": "agent-AJ_abc",
+        "name": "my agent",
+        "metadata": '{"k": 1}',
+        "attributes": {"lk.agent_name": "my-agent", "team": "jack"},
+        "job": JobClaim("AD_dispatch00001", "AJ_job000000001", 2),
+    }
+    return JobTokenRequest(**{**fields, **overrides})
+
+
+# -- tokens made by livekit-api --------------------------------------------------------------------
+
+
+def test_a_room_admin_token_from_livekit_api_verifies() -> None:
+    token = lk_token(identity="svc", grants=api.VideoGrants(room_admin=True, room="r1",
+                                                           room_list=True, room_create=True))
+    claims = verify(token, lookup)
+    assert claims.api_key == KEY and claims.identity == "svc"
+    assert claims.video.room_admin and claims.video.room_list and claims.video.room_create
+    assert claims.video.room == "r1"
+    assert not claims.video.room_join and not claims.video.agent and not claims.video.room_record
+
+
+def test_a_livekit_agents_worker_token_verifies() -> None:
+    """livekit-agents' own worker token: video{agent, canPublish, canSubscribe, canPublishData},
+    sub "", 6 h (livekit-wire §3)."""
+    grants = api.VideoGrants(agent=True, can_publish=True, can_subscribe=True,
+                             can_publish_data=True)
+    claims = verify(lk_token(grants=grants), lookup)
+    assert claims.video.agent and claims.identity == ""
+    assert claims.video.can_publish and claims.video.can_subscribe and claims.video.can_publish_data
+    assert abs(claims.expires_at_s - (time.time() + 6 * 3600)) < 5
+
+
+def test_a_join_token_carries_identity_name_kind_metadata_and_attributes() -> None:
+    token = lk_token(
+        identity="bob", name="Bob B.", kind="sip", metadata='{"seat": 4}',
+        attributes={"sip.callID": "SCL_1", "emoji": "☎"},
+        grants=api.VideoGrants(room_join=True, room="call-1", can_publish=False, hidden=True,
+                               can_update_own_metadata=True),
+        sha256="abc=",
+    )
+    claims = verify(token, lookup)
+    assert (claims.identity, claims.name, claims.kind) == ("bob", "Bob B.", "sip")
+    assert claims.metadata == '{"seat": 4}' and claims.sha256 == "abc="
+    assert claims.attributes == {"sip.callID": "SCL_1", "emoji": "☎"}
+    assert claims.video.room_join and claims.video.room == "call-1"
+    assert not claims.video.can_publish and claims.video.hidden
+    assert claims.video.can_update_own_metadata
+    assert claims.job is None and claims.room_config is None
+
+
+def test_room_config_with_agents_is_kept_as_protobuf_json() -> None:
+    config = RoomConfiguration(agents=[RoomAgentDispatch(agent_name="my-agent-jack",
+                                                         metadata="hello")])
+    token = lk_token(identity="u", room_config=config,
+                     grants=api.VideoGrants(room_join=True, room="r"))
+    claims = verify(token, lookup)
+    assert claims.room_config == {"agents": [{"agentName": "my-agent-jack", "metadata": "hello"}]}
+
+
+def test_sip_grants_are_kept() -> None:
+    claims = verify(lk_token(sip_grants=api.SIPGrants(admin=True, call=False)), lookup)
+    assert claims.sip == {"admin": True, "call": False}
+
+
+def test_the_dev_credentials_verify() -> None:
+    token = api.AccessToken("devkey", "secret").with_grants(api.VideoGrants(agent=True)).to_jwt()
+    assert verify(token, {"devkey": "secret"}.get).video.agent
+
+
+# -- refusals, each saying why ---------------------------------------------------------------------
+
+
+def test_bad_signature() -> None:
+    token = api.AccessToken(KEY, SECRET + "-not").to_jwt()
+    with pytest.raises(Unauthenticated, match=f"invalid token signature for API key {KEY}"):
+        verify(token, lookup)
+
+
+def test_unknown_key() -> None:
+    token = api.AccessToken("APIunknown000", SECRET).to_jwt()
+    with pytest.raises(Unauthenticated, match="unknown API key 'APIunknown000'"):
+        verify(token, lookup)
+
+
+def test_expired_beyond_the_leeway() -> None:
+    token = lk_token(ttl=datetime.timedelta(seconds=-(tokens.LEEWAY_S + 30)))
+    with pytest.raises(Unauthenticated, match=r"token expired 9\d s ago, beyond the 60 s leeway"):
+        verify(token, lookup)
+
+
+def test_expired_within_the_leeway_is_accepted() -> None:
+    token = lk_token(identity="late", ttl=datetime.timedelta(seconds=-(tokens.LEEWAY_S - 20)))
+    assert verify(token, lookup).identity == "late"
+
+
+@pytest.mark.parametrize(("after_exp_s", "accepted"), [(0, True), (59, True), (60, False),
+                                                       (61, False), (3600, False)])
+def test_the_leeway_boundary_on_the_passed_clock(after_exp_s: int, accepted: bool) -> None:
+    token = raw_token(claims_for())
+    at = NOW + 600 + after_exp_s
+    if accepted:
+        assert verify(token, lookup, now_s=at).identity == "alice"
+    else:
+        with pytest.raises(Unauthenticated, match="token expired"):
+            verify(token, lookup, now_s=at)
+
+
+def test_nbf_in_the_future() -> None:
+    token = raw_token(claims_for(nbf=NOW + 120))
+    with pytest.raises(Unauthenticated, match=r"not valid yet: nbf is 120 s in the future"):
+        verify(token, lookup, now_s=NOW)
+    assert verify(token, lookup, now_s=NOW + 61).identity == "alice"  # within the leeway
+
+
+def test_the_passed_clock_governs_nbf_too() -> None:
+    """A fresh livekit-api token judged an hour earlier is not valid yet: `now_s` is the clock."""
+    with pytest.raises(Unauthenticated, match="nbf"):
+        verify(lk_token(), lookup, now_s=time.time() - 3600)
+
+
+def test_iat_in_the_future() -> None:
+    with pytest.raises(Unauthenticated, match="issued in the future"):
+        verify(raw_token(claims_for(iat=NOW + 3600)), lookup, now_s=NOW)
+
+
+def test_missing_exp() -> None:
+    token = jwt.encode({"iss": KEY, "sub": "x"}, SECRET, algorithm="HS256")
+    with pytest.raises(Unauthenticated, match="missing the required claim 'exp'"):
+        verify(token, lookup)
+
+
+@pytest.mark.parametrize("exp", ["tomorrow", True, [1]])
+def test_exp_that_is_not_a_number(exp: object) -> None:
+    with pytest.raises(Unauthenticated, match="exp"):
+        verify(raw_token(claims_for(exp=exp)), lookup, now_s=NOW)
+
+
+def test_missing_issuer() -> None:
+    token = jwt.encode({"sub": "x", "exp": NOW + 60}, SECRET, algorithm="HS256")
+    with pytest.raises(Unauthenticated, match=r"no issuer \(iss\)"):
+        verify(token, lookup)
+
+
+@pytest.mark.parametrize("garbage", ["", "not a jwt", "a.b.c", "eyJhbGciOiJIUzI1NiJ9.e30",
+                                     "Bearer x.y.z"])
+def test_not_a_jwt(garbage: str) -> None:
+    with pytest.raises(Unauthenticated, match="malformed token"):
+        verify(garbage, lookup)
+
+
+@pytest.mark.parametrize("algorithm", ["HS512", "HS384"])
+def test_another_hmac_algorithm_is_refused(algorithm: str) -> None:
+    token = jwt.encode(claims_for(exp=int(time.time()) + 60), SECRET, algorithm=algorithm)
+    with pytest.raises(Unauthenticated, match=f"algorithm is '{algorithm}': only HS256"):
+        verify(token, lookup)
+
+
+def test_alg_none_is_refused() -> None:
+    token = jwt.encode(claims_for(exp=int(time.time()) + 60), "", algorithm="none")
+    with pytest.raises(Unauthenticated, match="algorithm is 'none': only HS256"):
+        verify(token, lookup)
+
+
+def test_a_header_without_alg_is_refused() -> None:
+    with pytest.raises(Unauthenticated, match="algorithm is None"):
+        verify(raw_token(claims_for(), header={"typ": "JWT"}), lookup, now_s=NOW)
+
+
+def test_the_key_is_not_looked_up_for_a_wrong_algorithm() -> None:
+    asked: list[str] = []
+
+    def spy(key: str) -> str | None:
+        asked.append(key)
+        return SECRET
+
+    with pytest.raises(Unauthenticated):
+        verify(jwt.encode(claims_for(), "", algorithm="none"), spy)
+    assert asked == []
+
+
+@pytest.mark.parametrize(
+    ("claim", "value", "message"),
+    [
+        ("video", {"roomAdmin": "false"}, "video.roomAdmin must be true or false"),
+        ("video", {"agent": 1}, "video.agent must be true or false"),
+        ("video", {"room": 7}, "video.room must be a string"),
+        ("video", ["roomAdmin"], "'video' must be an object"),
+        ("attributes", {"a": 1}, "'attributes' must map strings to strings"),
+        ("attributes", ["a"], "'attributes' must be an object"),
+        ("metadata", {"a": 1}, "'metadata' must be a string"),
+        ("roomConfig", "agents", "'roomConfig' must be an object"),
+        ("sip", True, "'sip' must be an object"),
+    ],
+)
+def test_claims_of_the_wrong_type_are_refused(claim: str, value: object, message: str) -> None:
+    """livekit-server fails to unmarshal these; reading `"false"` as granted would be worse."""
+    with pytest.raises(Unauthenticated, match=message):
+        verify(raw_token(claims_for(**{claim: value})), lookup, now_s=NOW)
+
+
+def test_null_grant_flags_take_their_defaults() -> None:
+    video = {"roomJoin": None, "canPublish": None, "room": None}
+    claims = verify(raw_token(claims_for(video=video)), lookup, now_s=NOW)
+    assert not claims.video.room_join and claims.video.can_publish and claims.video.room == ""
+
+
+def test_an_unauthenticated_error_is_a_401() -> None:
+    with pytest.raises(Unauthenticated) as info:
+        verify("x", lookup)
+    assert info.value.code == "unauthenticated" and info.value.http_status == 401
+
+
+# -- job tokens ------------------------------------------------------------------------------------
+
+
+def test_a_job_token_verifies_with_livekit_api() -> None:
+    token = mint_job_token(job_request())
+    claims = api.TokenVerifier(KEY, SECRET).verify(token)
+    assert claims.identity == "agent-AJ_abc" and claims.name == "my agent"
+    assert claims.kind == "agent" and claims.metadata == '{"k": 1}'
+    assert claims.attributes == {"lk.agent_name": "my-agent", "team": "jack"}
+    assert claims.video is not None
+    assert claims.video.room_join and claims.video.room == "room-1" and claims.video.agent
+    assert not claims.video.room_admin and not claims.video.room_create
+
+
+def test_a_job_token_lives_one_hour_and_is_room_scoped() -> None:
+    token = mint_job_token(job_request(), now_s=NOW + 0.7)
+    payload = jwt.decode(token, options={"verify_signature": False})
+    assert (payload["nbf"], payload["exp"]) == (NOW, NOW + 3600)
+    assert payload["iss"] == KEY and jwt.get_unverified_header(token)["alg"] == "HS256"
+    assert payload["video"]["room"] == "room-1" and payload["video"]["roomJoin"] is True
+
+
+def test_a_job_token_parses_back_with_its_job_claim() -> None:
+    token = mint_job_token(job_request(), now_s=NOW)
+    claims = verify(token, lookup, now_s=NOW + 10)
+    assert claims.job == JobClaim("AD_dispatch00001", "AJ_job000000001", 2)
+    assert claims.kind == "agent" and claims.identity == "agent-AJ_abc"
+    assert claims.expires_at_s == NOW + tokens.JOB_TOKEN_TTL_S
+    with pytest.raises(Unauthenticated, match="expired"):
+        verify(token, lookup, now_s=NOW + 3600 + 61)
+
+
+def test_a_job_token_carries_the_worker_permissions() -> None:
+    token = mint_job_token(job_request(can_publish=False, can_subscribe=False, hidden=True,
+                                       can_update_own_metadata=False))
+    video = verify(token, lookup).video
+    assert not video.can_publish and not video.can_subscribe and video.hidden
+    assert video.can_publish_data and not video.can_update_own_metadata
+
+
+def test_a_job_token_without_identity_gets_livekits_default() -> None:
+    token = mint_job_token(job_request(identity=""))
+    assert verify(token, lookup).identity == "agent-AJ_job000000001"
+
+
+def test_empty_metadata_and_attributes_are_left_out() -> None:
+    token = mint_job_token(job_request(metadata="", attributes={}))
+    payload = jwt.decode(token, options={"verify_signature": False})
+    assert "metadata" not in payload and "attributes" not in payload
+    claims = verify(token, lookup)
+    assert claims.metadata == "" and claims.attributes == {}
+
+
+@pytest.mark.parametrize("job", [{"dispatch": "AD_1", "job": "AJ_1", "attempt": True},
+                                 {"dispatch": "AD_1", "job": "AJ_1", "attempt": "2"},
+                                 {"dispatch": "AD_1", "attempt": 1}, "AD_1"])
+def test_a_malformed_job_claim_reads_as_none(job: object) -> None:
+    assert verify(raw_token(claims_for(callboard=job)), lookup, now_s=NOW).job is None
+
+
+def test_sign_makes_a_token_verify_accepts() -> None:
+    token = tokens.sign(claims_for(video={"agent": True}), SECRET)
+    assert verify(token, lookup, now_s=NOW).video.agent
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    identity=st.text(min_size=1),
+    name=st.text(),
+    metadata=st.text(),
+    attributes=st.dictionaries(st.text(), st.text(), max_size=5),
+    room=st.text(min_size=1, max_size=40),
+    attempt=st.integers(min_value=1, max_value=2**31),
+)
+def test_any_identity_name_metadata_and_attributes_round_trip(
+    identity: str, name: str, metadata: str, attributes: dict[str, str], room: str, attempt: int
+) -> None:
+    req = job_request(identity=identity, name=name, metadata=metadata, attributes=attributes,
+                      room=room, job=JobClaim("AD_x", "AJ_y", attempt))
+    claims = verify(mint_job_token(req, now_s=NOW), lookup, now_s=NOW)
+    assert (claims.identity, claims.name, claims.metadata) == (identity, name, metadata)
+    assert claims.attributes == attributes and claims.video.room == room
+    assert claims.job == JobClaim("AD_x", "AJ_y", attempt)
+    lk = api.TokenVerifier(KEY, SECRET, leeway=datetime.timedelta(days=36500)).verify(
+        mint_job_token(req, now_s=NOW)
+    )
+    assert (lk.identity, lk.name, lk.metadata) == (identity, name, metadata)
+    assert (lk.attributes or {}) == attributes
+
+
+# -- the Authorization header ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer abc.def.ghi", "abc.def.ghi"),
+        ("bearer abc", "abc"),
+        ("BEARER   abc  ", "abc"),
+        ("Bearer\tabc", "abc"),
+        ("abc.def.ghi", "abc.def.ghi"),  # a bare token
+        ("  abc  ", "abc"),
+        (None, None),
+        ("", None),
+        ("   ", None),
+        ("Bearer", None),
+        ("Bearer   ", None),
+        ("Basic dXNlcjpwYXNz", None),
+        ("Bearer a b", None),
+    ],
+)
+def test_bearer(header: str | None, token: str | None) -> None:
+    assert bearer(header) == token
