@@ -1491,3 +1491,31 @@ def test_random_event_sequences_keep_the_invariants(sequence: list[tuple[Any, ..
     model = Model()
     for op in sequence:
         model.step(op)
+
+
+def test_update_job_for_an_orphaned_job_from_its_reconnected_worker_is_a_migration() -> None:
+    """livekit-agents sends the queued update of a job that ended while it was disconnected before
+    migrate_job (which lists only running jobs): it is recorded, not treated as a stranger's."""
+    rig = Rig()
+    rig.register("AW_old")
+    _, job_id = rig.assign("AD_1")
+    rig.report("AW_old", job_id, ReportedJobStatus.RUNNING)
+    rig.gone("AW_old")
+    rig.register("AW_new")
+    actions = rig.report("AW_new", job_id, ReportedJobStatus.SUCCESS)
+    assert of(actions, CloseWorker) == []
+    assert rig.job_of("AD_1").state is JobState.SUCCESS
+    assert rig.job_of("AD_1").worker_id == "AW_new"
+    assert "migrated" in rig.whats("AD_1")
+    assert len(rig.d.jobs_of_dispatch("AD_1")) == 1
+
+
+def test_update_job_for_an_orphaned_job_from_another_agent_still_closes() -> None:
+    rig = Rig()
+    rig.register("AW_old")
+    _, job_id = rig.assign("AD_1")
+    rig.gone("AW_old")
+    rig.register("AW_other", agent="someone-else")
+    actions = rig.report("AW_other", job_id, ReportedJobStatus.SUCCESS)
+    assert [c.worker_id for c in of(actions, CloseWorker)] == ["AW_other"]
+    assert rig.job_of("AD_1").state is JobState.ORPHANED

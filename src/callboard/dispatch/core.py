@@ -473,6 +473,10 @@ class Dispatcher:
         if worker is None or event.job_id in worker.stopped:
             return  # gone, or the last word on a job it was told to end
         job = self._jobs.get(event.job_id)
+        if job is not None and job.rec.worker_id != event.worker_id and _resumable_by(job, worker):
+            # livekit-agents queues the update of a job that ended while it was disconnected and
+            # sends it before migrate_job (which lists running jobs only): it is a migration.
+            self._migrate(job, worker, event.now_ms)
         if job is None or job.rec.worker_id != event.worker_id:
             self._close(worker, f"update_job for job {event.job_id}, which it does not hold", event)
         elif not job.rec.state.is_terminal:
