@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 from livekit.protocol import agent as pb
 from livekit.protocol import agent_dispatch as dpb
@@ -17,6 +15,7 @@ from callboard.dispatch.model import (
     JobRecord,
     JobState,
     JobType,
+    ParticipantRef,
     ReportedJobStatus,
     RoomRef,
 )
@@ -149,11 +148,33 @@ def test_a_dispatch_with_no_jobs_yet() -> None:
     assert dpb.AgentDispatch.FromString(msg.SerializeToString()) == msg
 
 
-def test_the_dispatch_job_type_reaches_its_jobs() -> None:
-    record = DispatchRecord(spec=replace(spec(), job_type=JobType.PARTICIPANT), deleted=False,
-                            trace=(), job_ids=("AJ_job000000001",))
-    msg = convert.agent_dispatch(record, [job(JobState.ASSIGNED)])
-    assert msg.state.jobs[0].type == pb.JT_PARTICIPANT
+CALLER = ParticipantRef(
+    sid="PA_caller000001", identity="caller", name="Caller", metadata="{}",
+    attributes={"a": "1"}, kind=models.ParticipantInfo.SIP, joined_at_ms=MS,
+)
+
+
+def test_each_job_keeps_its_own_type_and_participant() -> None:
+    record = DispatchRecord(spec=spec(), deleted=False, trace=(),
+                            job_ids=("AJ_job000000001", "AJ_job000000002"))
+    jobs = [job(JobState.RUNNING),
+            job(JobState.ASSIGNED, job_id="AJ_job000000002", job_type=JobType.PARTICIPANT,
+                participant=CALLER)]
+    msg = convert.agent_dispatch(record, jobs)
+    assert [j.type for j in msg.state.jobs] == [pb.JT_ROOM, pb.JT_PARTICIPANT]
+    assert not msg.state.jobs[0].HasField("participant")
+    assert msg.state.jobs[1].participant.identity == "caller"
+
+
+def test_a_participant_job_carries_its_participant() -> None:
+    j = convert.job_message(offer(job_type=JobType.PARTICIPANT, participant=CALLER))
+    assert j.type == pb.JT_PARTICIPANT
+    p = j.participant
+    assert (p.sid, p.identity, p.name, p.metadata) == ("PA_caller000001", "caller", "Caller", "{}")
+    assert dict(p.attributes) == {"a": "1"} and p.kind == models.ParticipantInfo.SIP
+    assert p.state == models.ParticipantInfo.JOINED
+    assert (p.joined_at, p.joined_at_ms) == (MS // 1000, MS)
+    assert pb.Job.FromString(j.SerializeToString()) == j
 
 
 # -- Room, ServerInfo ------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from callboard.dispatch.model import (
     JobState,
     JobStatusReported,
     JobType,
+    ParticipantJoined,
+    ParticipantRef,
     RecordEvent,
     ReportedJobStatus,
     Restored,
@@ -189,6 +191,10 @@ class Rig:
 
     def delete(self, dispatch_id: str, reason: str = "by api") -> list[Action]:
         return self.feed(DispatchDeleted(dispatch_id, reason, self.now))
+
+    def join(self, identity: str, room: str = "room-1", project: str = PROJECT) -> list[Action]:
+        who = ParticipantRef(f"PA_{identity}", identity, name=identity.title(), kind=0)
+        return self.feed(ParticipantJoined(project, room, who, self.now))
 
     def job_of(self, dispatch_id: str, attempt: int = 1) -> JobRecord:
         return self.d.jobs_of_dispatch(dispatch_id)[attempt - 1]
@@ -1273,6 +1279,7 @@ WORKERS = {
     "AW_p2": worker_info("AW_p2"),
     "AW_dev": worker_info("AW_dev", owner="alice"),
     "AW_bot": worker_info("AW_bot", agent="bot"),
+    "AW_botp": worker_info("AW_botp", agent="bot", job_type=JobType.PARTICIPANT),
 }
 SPECS: list[dict[str, Any]] = [
     {},
@@ -1299,6 +1306,12 @@ _WEIGHTED_OPS: list[tuple[int, st.SearchStrategy[tuple[Any, ...]]]] = [
     (4, st.tuples(st.just("create"), st.integers(0, len(SPECS) - 1))),
     (1, st.tuples(st.just("delete"), _INDEX)),
     (1, st.tuples(st.just("room_closed"), st.sampled_from(["room-1", "room-2"]))),
+    (
+        2,
+        st.tuples(
+            st.just("join"), st.sampled_from(["room-1", "room-2"]), st.sampled_from(["ann", "bo"])
+        ),
+    ),
     (
         5,
         st.tuples(
@@ -1381,6 +1394,10 @@ class Model:
     def _op_room_closed(self, room: str) -> Event:
         return RoomClosed(PROJECT, room, "test", self.now)
 
+    def _op_join(self, room: str, identity: str) -> Event:
+        who = ParticipantRef(f"PA_{identity}", identity)
+        return ParticipantJoined(PROJECT, room, who, self.now)
+
     def _op_answer(self, index: int, available: bool, terminate: bool) -> Event:
         job = self.d.job(self.pick_job(index, JobState.OFFERED))
         if job is None:
@@ -1453,10 +1470,14 @@ class Model:
             # a deleted dispatch's jobs are saved terminal, then forgotten
             assert held == save.record or (held is None and save.record.state.is_terminal)
         for dispatch_id in self.dispatch_ids:
-            jobs = self.d.jobs_of_dispatch(dispatch_id)
-            busy = [j for j in jobs if j.state in (JobState.ASSIGNED, JobState.RUNNING)]
-            assert len(busy) <= 1, busy
-            assert sum(not j.state.is_terminal for j in jobs) <= 1, jobs
+            by_lineage: dict[str, list[JobRecord]] = {}
+            for job in self.d.jobs_of_dispatch(dispatch_id):  # the room's job, or one per joiner
+                by_lineage.setdefault(job.participant.identity if job.participant else "", [])
+                by_lineage[job.participant.identity if job.participant else ""].append(job)
+            for jobs in by_lineage.values():
+                busy = [j for j in jobs if j.state in (JobState.ASSIGNED, JobState.RUNNING)]
+                assert len(busy) <= 1, busy
+                assert sum(not j.state.is_terminal for j in jobs) <= 1, jobs
         self.check_indexes()
         deadline = self.d.next_deadline_ms()
         waiting = [
@@ -1519,3 +1540,126 @@ def test_update_job_for_an_orphaned_job_from_another_agent_still_closes() -> Non
     actions = rig.report("AW_other", job_id, ReportedJobStatus.SUCCESS)
     assert [c.worker_id for c in of(actions, CloseWorker)] == ["AW_other"]
     assert rig.job_of("AD_1").state is JobState.ORPHANED
+
+
+# -- participant jobs (JT_PARTICIPANT) -------------------------------------------------------------
+
+
+def test_no_participant_job_without_participant_workers() -> None:
+    rig = Rig()
+    rig.register("AW_room", agent="bot")
+    rig.assign("AD_1", agent="bot")
+    assert rig.join("caller") == []
+    assert len(rig.d.jobs_of_dispatch("AD_1")) == 1
+
+
+def test_participant_job_goes_to_a_participant_worker_with_the_participant() -> None:
+    rig = Rig()
+    rig.register("AW_room", agent="bot")
+    rig.register("AW_part", agent="bot", job_type=JobType.PARTICIPANT)
+    _, room_job = rig.assign("AD_1", agent="bot")
+    actions = rig.join("caller")
+    worker_id, job_id = rig.offered(actions)
+    assert worker_id == "AW_part" and job_id != room_job
+    offer = one(actions, SendAvailabilityRequest).offer
+    assert offer.job_type is JobType.PARTICIPANT and offer.dispatch_id == "AD_1"
+    assert offer.participant is not None and offer.participant.identity == "caller"
+    assert offer.participant.sid == "PA_caller" and offer.attempt == 1
+    assert "dispatch.participant_job" in kinds(actions)
+    job = rig.d.job(job_id)
+    assert job is not None and job.job_type is JobType.PARTICIPANT
+    assert job.participant == offer.participant
+    assignment = one(rig.answer(worker_id, job_id), SendAssignment)
+    assert assignment.offer.participant == offer.participant
+    assert ("participant_job", {"job": job_id, "participant": "caller"}) in rig.trace("AD_1")
+
+
+def test_each_participant_gets_its_own_job_but_a_rejoin_does_not() -> None:
+    rig = Rig()
+    rig.register("AW_part", agent="bot", job_type=JobType.PARTICIPANT)
+    rig.create("AD_1", agent="bot")  # its ROOM job waits for a ROOM worker
+    rig.join("ann")
+    rig.join("bo")
+    assert rig.join("ann") == []  # same identity, job still live: no second agent
+    jobs = rig.d.jobs_of_dispatch("AD_1")
+    assert [(j.job_type, j.participant.identity if j.participant else "") for j in jobs] == [
+        (JobType.ROOM, ""),
+        (JobType.PARTICIPANT, "ann"),
+        (JobType.PARTICIPANT, "bo"),
+    ]
+    ann = jobs[1]
+    rig.answer("AW_part", ann.job_id)
+    rig.report("AW_part", ann.job_id, ReportedJobStatus.SUCCESS)
+    assert rig.offered(rig.join("ann"))[0] == "AW_part"  # the earlier job ended: a new one
+    assert len(rig.d.jobs_of_dispatch("AD_1")) == 4
+
+
+def test_participant_jobs_respect_owner_room_and_project() -> None:
+    rig = Rig()
+    rig.register("AW_dev", agent="bot", owner="alice", job_type=JobType.PARTICIPANT)
+    rig.create("AD_prod", agent="bot")  # production dispatch: alice's worker is not its pool
+    rig.create("AD_dev", agent="bot", owner="alice")
+    rig.create("AD_other_room", agent="bot", owner="alice", room="room-2")
+    rig.delete("AD_other_room")
+    actions = rig.join("caller")
+    assert rig.offered(actions)[0] == "AW_dev"
+    assert [len(rig.d.jobs_of_dispatch(d)) for d in ("AD_prod", "AD_dev")] == [1, 2]
+    assert rig.join("caller", project="P_two") == []
+    assert rig.join("caller2", room="room-2") == []
+
+
+def test_a_participant_dispatch_queues_its_jobs_even_with_no_worker() -> None:
+    rig = Rig(pending_ttl_ms=60_000)
+    rig.create("AD_1", agent="bot", job_type=JobType.PARTICIPANT)
+    rig.now += 50_000
+    actions = rig.join("caller")
+    assert "dispatch.queued" in kinds(actions)
+    job = rig.d.jobs_of_dispatch("AD_1")[0]
+    # its TTL counts from the join, not from the dispatch's creation
+    assert rig.d.next_deadline_ms() == rig.now + 60_000
+    assert rig.offered(rig.register("AW_p", agent="bot", job_type=JobType.PARTICIPANT)) == (
+        "AW_p",
+        job.job_id,
+    )
+
+
+def test_a_participant_job_past_grace_is_dispatched_again_for_the_same_participant() -> None:
+    rig = Rig(redispatch_grace_ms=1000)
+    rig.register("AW_a", agent="bot", job_type=JobType.PARTICIPANT)
+    rig.create("AD_1", agent="bot", job_type=JobType.PARTICIPANT)
+    worker_id, job_id = rig.offered(rig.join("caller"))
+    rig.answer(worker_id, job_id)
+    rig.gone("AW_a")
+    rig.register("AW_b", agent="bot", job_type=JobType.PARTICIPANT)
+    actions = rig.later(1000)
+    retry = one(actions, SendAvailabilityRequest).offer
+    assert retry.job_type is JobType.PARTICIPANT and retry.attempt == 2
+    assert retry.participant is not None and retry.participant.identity == "caller"
+    assert one(actions, SendAvailabilityRequest).resuming
+
+
+def test_room_closed_ends_participant_jobs_too() -> None:
+    rig = Rig()
+    rig.register("AW_part", agent="bot", job_type=JobType.PARTICIPANT)
+    rig.create("AD_1", agent="bot")
+    worker_id, job_id = rig.offered(rig.join("caller"))
+    rig.answer(worker_id, job_id)
+    actions = rig.feed(RoomClosed(PROJECT, "room-1", "empty", rig.now))
+    assert [t.job_id for t in of(actions, SendTermination)] == [job_id]
+    assert {s.record.state for s in of(actions, SaveJob)} == {JobState.TERMINATED}
+
+
+def test_restored_participant_job_keeps_its_type_and_participant() -> None:
+    old = Rig()
+    old.register("AW_a", agent="bot", job_type=JobType.PARTICIPANT)
+    old.create("AD_1", agent="bot", job_type=JobType.PARTICIPANT)
+    worker_id, job_id = old.offered(old.join("caller"))
+    old.answer(worker_id, job_id)
+    dispatches, jobs = stored(old)
+    rig = Rig(redispatch_grace_ms=1000)
+    rig.feed(Restored(dispatches, jobs, rig.now))
+    rig.register("AW_b", agent="bot")  # a ROOM worker of the agent may not take it
+    rig.register("AW_c", agent="bot", job_type=JobType.PARTICIPANT)
+    retry = one(rig.later(1000), SendAvailabilityRequest)
+    assert retry.worker_id == "AW_c" and retry.offer.job_type is JobType.PARTICIPANT
+    assert retry.offer.participant is not None and retry.offer.participant.identity == "caller"

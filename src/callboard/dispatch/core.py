@@ -8,14 +8,17 @@ passed in.
 So the whole of dispatch — matching, selection, timeouts, re-dispatch — runs in unit tests in
 milliseconds, and the same seed and events always give the same actions.
 
-A ROOM dispatch gets one job. The job is offered to one matching AVAILABLE worker at a time, chosen
-by load (`selection`); a decline or a silent worker passes it to the next untried one. Where LiveKit
-would drop it, callboard queues it: the job waits (`PENDING`) until a matching worker registers or
-comes back from FULL, and expires only after the pending TTL. When a worker's connection drops, its
-jobs are `ORPHANED` for a grace window in which the reconnected worker may migrate them back (same
-job, same attempt); past it the job fails and the dispatch gets one more attempt as a new job. Every
-step lands in the dispatch's explain trace and the project's event log. Job states move only through
-the table in `states`; `ledger` holds the mutable bookkeeping.
+A ROOM dispatch gets one JT_ROOM job; each non-agent participant joining its room later adds a
+JT_PARTICIPANT job for that participant, when the agent has JT_PARTICIPANT workers (LiveKit's rule)
+— at most one live job per participant, and each runs through the same machinery. A job is offered
+to one matching AVAILABLE worker at a time, chosen by load (`selection`); a decline or a silent
+worker passes it to the next untried one. Where LiveKit would drop it, callboard queues it: the job
+waits (`PENDING`) until a matching worker registers or comes back from FULL, and expires only after
+the pending TTL. When a worker's connection drops, its jobs are `ORPHANED` for a grace window in
+which the reconnected worker may migrate them back (same job, same attempt); past it the job fails
+and the dispatch gets one more attempt as a new job. Every step lands in the dispatch's explain
+trace and the project's event log. Job states move only through the table in `states`; `ledger`
+holds the mutable bookkeeping.
 
 Timers: each job has at most one deadline (`next_deadline_ms`); the transport feeds a `Tick` when it
 is reached, and the job's state then says what the deadline meant.
@@ -39,6 +42,7 @@ from callboard.dispatch.model import (
     DispatchCreated,
     DispatchDeleted,
     DispatchRecord,
+    DispatchSpec,
     Event,
     JobOffer,
     JobRecord,
@@ -46,6 +50,8 @@ from callboard.dispatch.model import (
     JobState,
     JobStatusReported,
     JobType,
+    ParticipantJoined,
+    ParticipantRef,
     Restored,
     RoomClosed,
     SendAssignment,
@@ -149,6 +155,8 @@ class Dispatcher:
                 self._on_deleted(event)
             case RoomClosed():
                 self._on_room_closed(event)
+            case ParticipantJoined():
+                self._on_participant_joined(event)
             case AvailabilityAnswered():
                 self._on_answer(event)
             case JobStatusReported():
@@ -289,7 +297,14 @@ class Dispatcher:
         if spec.job_type is JobType.ROOM:
             self._try_offer(self._new_job(dispatch, now, attempt=1), now)
 
-    def _new_job(self, dispatch: DispatchEntry, now: int, attempt: int) -> JobEntry:
+    def _new_job(
+        self,
+        dispatch: DispatchEntry,
+        now: int,
+        attempt: int,
+        job_type: JobType = JobType.ROOM,
+        participant: ParticipantRef | None = None,
+    ) -> JobEntry:
         spec = dispatch.spec
         rec = JobRecord(
             job_id=ids.new_id(ids.JOB),
@@ -304,8 +319,10 @@ class Dispatcher:
             error="",
             created_at_ms=now,
             updated_at_ms=now,
+            job_type=job_type,
+            participant=participant,
         )
-        job = self._adopt_record(rec, spec_key(spec))
+        job = self._adopt_record(rec, _job_key(spec, job_type))
         dispatch.job_ids.append(job.job_id)
         self._out.touch_job(job.job_id)
         return job
@@ -326,6 +343,36 @@ class Dispatcher:
         why = f"room {event.room_name} closed: {event.reason}"
         for record in self.dispatches(event.project_id, event.room_name):
             self._delete(self._dispatches[record.spec.dispatch_id], why, event.now_ms)
+
+    def _on_participant_joined(self, event: ParticipantJoined) -> None:
+        for record in self.dispatches(event.project_id, event.room_name):
+            dispatch = self._dispatches[record.spec.dispatch_id]
+            if self._wants_participant_job(dispatch, event.participant.identity):
+                self._participant_job(dispatch, event.participant, event.now_ms)
+
+    def _wants_participant_job(self, dispatch: DispatchEntry, identity: str) -> bool:
+        """JT_PARTICIPANT workers exist for it (or it is a PARTICIPANT dispatch), and the
+        participant has no live job of it yet: a rejoin does not bring a second agent."""
+        spec = dispatch.spec
+        key = _job_key(spec, JobType.PARTICIPANT)
+        if key not in self._pools and spec.job_type is not JobType.PARTICIPANT:
+            return False
+        return not any(
+            j.rec.participant is not None
+            and j.rec.participant.identity == identity
+            and not j.rec.state.is_terminal
+            for j in self._jobs_of(dispatch)
+        )
+
+    def _participant_job(
+        self, dispatch: DispatchEntry, participant: ParticipantRef, now: int
+    ) -> None:
+        job = self._new_job(dispatch, now, 1, JobType.PARTICIPANT, participant)
+        detail = {"job": job.job_id, "participant": participant.identity}
+        self._trace(job, now, "participant_job", detail)
+        message = f"participant job for {participant.identity} ({participant.sid})"
+        self._job_event("dispatch.participant_job", job, message, now)
+        self._try_offer(job, now)
 
     def _delete(self, dispatch: DispatchEntry, why: str, now: int) -> None:
         for job in self._jobs_of(dispatch):
@@ -388,22 +435,30 @@ class Dispatcher:
         self._job_event("dispatch.queued", job, f"waiting for a worker: {why}", now)
 
     def _pending_since(self, job: JobEntry) -> int:
-        """A first attempt waits from the dispatch's creation; a re-dispatch from its own."""
-        if job.rec.attempt > 1:
+        """A first ROOM attempt waits from the dispatch's creation; a re-dispatch or a
+        participant's job from its own."""
+        if job.rec.attempt > 1 or job.rec.job_type is not JobType.ROOM:
             return job.rec.created_at_ms
         return self._dispatches[job.rec.dispatch_id].spec.created_at_ms
+
+    def _asked_at(self, job: JobEntry) -> int:
+        """When the job was asked for: its dispatch's creation, or a participant's join."""
+        if job.rec.job_type is JobType.ROOM:
+            return self._dispatches[job.rec.dispatch_id].spec.created_at_ms
+        return job.rec.created_at_ms
 
     def _job_offer(self, job: JobEntry) -> JobOffer:
         spec = self._dispatches[job.rec.dispatch_id].spec
         return JobOffer(
             job_id=job.job_id,
             dispatch_id=spec.dispatch_id,
-            job_type=spec.job_type,
+            job_type=job.rec.job_type,
             room=spec.room,
             agent_name=spec.agent_name,
             namespace=spec.namespace,
             metadata=spec.metadata,
             attempt=job.rec.attempt,
+            participant=job.rec.participant,
         )
 
     def _on_answer(self, event: AvailabilityAnswered) -> None:
@@ -429,7 +484,7 @@ class Dispatcher:
         now = answer.now_ms
         identity = answer.participant_identity or f"agent-{job.job_id}"
         self._move(job, Trigger.ACCEPT, now, participant_identity=identity)
-        elapsed = now - self._dispatches[job.rec.dispatch_id].spec.created_at_ms
+        elapsed = now - self._asked_at(job)
         detail = {"job": job.job_id, "worker": answer.worker_id, "identity": identity}
         self._trace(job, now, "assigned", detail | {"elapsed_ms": elapsed})
         message = f"assigned to worker {answer.worker_id} as {identity} after {elapsed} ms"
@@ -561,7 +616,9 @@ class Dispatcher:
         dispatch = self._dispatches[job.rec.dispatch_id]
         if job.rec.attempt > self._redispatch_count or dispatch.deleted:
             return
-        retry = self._new_job(dispatch, now, attempt=job.rec.attempt + 1)
+        retry = self._new_job(
+            dispatch, now, job.rec.attempt + 1, job.rec.job_type, job.rec.participant
+        )
         detail = {"from_job": job.job_id, "job": retry.job_id, "attempt": retry.rec.attempt}
         self._trace(retry, now, "redispatched", detail)
         message = f"dispatched again as job {retry.job_id} (attempt {retry.rec.attempt})"
@@ -586,7 +643,7 @@ class Dispatcher:
             self._live.setdefault(spec.project_id, {})[spec.dispatch_id] = None
 
     def _restore_job(self, dispatch: DispatchEntry, rec: JobRecord, now: int) -> None:
-        job = self._adopt_record(rec, spec_key(dispatch.spec))
+        job = self._adopt_record(rec, _job_key(dispatch.spec, rec.job_type))
         if job.job_id not in dispatch.job_ids:
             dispatch.job_ids.append(job.job_id)
         if rec.state.is_terminal:
@@ -675,6 +732,11 @@ class Dispatcher:
         self, kind: str, info: WorkerInfo, message: str, now: int, level: str = "info"
     ) -> None:
         self._out.event(eventlog.for_worker(kind, info, message, now, level))
+
+
+def _job_key(spec: DispatchSpec, job_type: JobType) -> PoolKey:
+    """Which workers may take a job: the dispatch's agent, with the job's own type."""
+    return spec_key(spec)._replace(job_type=job_type)
 
 
 def _offered_to(job: JobEntry, worker_id: str) -> bool:

@@ -103,6 +103,19 @@ class RoomRef:
 
 
 @dataclass(frozen=True)
+class ParticipantRef:
+    """The participant a JT_PARTICIPANT job is for (becomes protobuf `Job.participant`)."""
+
+    sid: str
+    identity: str
+    name: str = ""
+    metadata: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    kind: int = 0  # livekit ParticipantInfo.Kind
+    joined_at_ms: int = 0
+
+
+@dataclass(frozen=True)
 class DispatchSpec:
     """A dispatch as created (by API, by room creation, later by token or SIP rule)."""
 
@@ -145,6 +158,8 @@ class JobRecord:
     created_at_ms: int
     updated_at_ms: int
     participant_identity: str = ""  # the agent's identity once assigned
+    job_type: JobType = JobType.ROOM  # a ROOM dispatch also gets PARTICIPANT jobs, one per joiner
+    participant: ParticipantRef | None = None  # whom a PARTICIPANT job is for
 
 
 @dataclass(frozen=True)
@@ -205,6 +220,18 @@ class RoomClosed:
 
 
 @dataclass(frozen=True)
+class ParticipantJoined:
+    """A non-agent participant joined a room: each live dispatch of the room whose agent has
+    JT_PARTICIPANT workers registered (or that is itself a PARTICIPANT dispatch) gets a job for it.
+    """
+
+    project_id: str
+    room_name: str
+    participant: ParticipantRef
+    now_ms: int
+
+
+@dataclass(frozen=True)
 class AvailabilityAnswered:
     worker_id: str
     job_id: str
@@ -256,6 +283,7 @@ Event = (
     | DispatchCreated
     | DispatchDeleted
     | RoomClosed
+    | ParticipantJoined
     | AvailabilityAnswered
     | JobStatusReported
     | JobsMigrated
@@ -281,6 +309,7 @@ class JobOffer:
     metadata: str
     attempt: int
     enable_recording: bool = False
+    participant: ParticipantRef | None = None  # set for PARTICIPANT jobs
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ DISPATCH = "AD_"
 ROOM = "RM_"
 PARTICIPANT = "PA_"
 PROJECT = "P_"
+WEBHOOK = "WH_"
 API_KEY = "API"
 
 

@@ -1,4 +1,5 @@
-"""The admin plane, `/callboard/v1/admin/…`: projects and their keys, behind the admin credential.
+"""The admin plane, `/callboard/v1/admin/…`: projects, their keys and webhooks, behind the admin
+credential.
 
 Changes act at once on the running server: revoking a key closes its workers' connections, deleting
 a project closes its workers and forgets its rooms.
@@ -12,9 +13,10 @@ from typing import Any
 from aiohttp import web
 
 from callboard.protocol.errors import ApiError, InvalidArgument, NotFound
+from callboard.server import webhooks
 from callboard.server.auth import check_admin
 from callboard.server.hub import Hub
-from callboard.store.base import ApiKey, Project
+from callboard.store.base import ApiKey, Project, Store, Webhook
 
 log = logging.getLogger("callboard.admin")
 
@@ -86,6 +88,7 @@ async def delete_project(request: web.Request) -> web.Response:
     project = _project(hub, request.match_info["project"])
     closed = hub.close_workers_of_project(project.project_id, "project deleted")
     await hub.store.delete_project(project.project_id)
+    _webhooks_changed(request, project.project_id)
     log.info("project %s deleted (%d workers disconnected)", project.name, closed)
     return web.json_response({"deleted": project.name, "workers_disconnected": closed})
 
@@ -120,6 +123,72 @@ async def revoke_key(request: web.Request) -> web.Response:
     return web.json_response({"revoked": revoked.key, "workers_disconnected": closed})
 
 
+def webhook_json(hook: Webhook) -> dict[str, Any]:
+    return {
+        "id": hook.webhook_id,
+        "project_id": hook.project_id,
+        "url": hook.url,
+        "signing_key": hook.signing_key,
+        "created_at_ms": hook.created_at_ms,
+    }
+
+
+async def add_webhook_to(store: Store, project: Project, url: str, signing_key: str) -> Webhook:
+    """Validate and add; the signing key must be a production key of the project (default: its
+    oldest). Shared by the admin API and the CLI's offline `--db` mode."""
+    url = url.strip()
+    problem = webhooks.check_url(url)
+    if problem is not None:
+        raise InvalidArgument(problem, "url")
+    key = webhooks.pick_signing_key(store.list_keys(project.project_id), project.project_id,
+                                    signing_key.strip())
+    if isinstance(key, str):
+        code = "invalid_argument" if signing_key.strip() else "failed_precondition"
+        raise ApiError(code, key, {"argument": "signing_key"})
+    try:
+        return await store.add_webhook(project.project_id, url, key.key)
+    except ValueError as exc:
+        raise ApiError("already_exists", str(exc)) from None
+
+
+def _webhooks_changed(request: web.Request, project_id: str) -> None:
+    notifier: webhooks.Notifier | None = request.app.get("webhooks")
+    if notifier is not None:
+        notifier.reload(project_id)
+
+
+async def list_webhooks(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    project = _project(hub, request.match_info["project"])
+    hooks = hub.store.list_webhooks(project.project_id)
+    return web.json_response({"webhooks": [webhook_json(h) for h in hooks]})
+
+
+async def add_webhook(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    project = _project(hub, request.match_info["project"])
+    body = await _json_body(request)
+    url, signing_key = body.get("url", ""), body.get("signing_key", "") or ""
+    if not isinstance(url, str) or not isinstance(signing_key, str):
+        raise InvalidArgument("url and signing_key must be strings", "url")
+    hook = await add_webhook_to(hub.store, project, url, signing_key)
+    _webhooks_changed(request, project.project_id)
+    log.info("webhook %s added to project %s (%s, signed by %s)", hook.webhook_id, project.name,
+             webhooks.safe_url(hook.url), hook.signing_key)
+    return web.json_response(webhook_json(hook), status=201)
+
+
+async def remove_webhook(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    project = _project(hub, request.match_info["project"])
+    webhook_id = request.match_info["webhook"]
+    if not await hub.store.delete_webhook(project.project_id, webhook_id):
+        raise NotFound(f"webhook {webhook_id!r} not found in project {project.name!r}")
+    _webhooks_changed(request, project.project_id)
+    log.info("webhook %s removed from project %s", webhook_id, project.name)
+    return web.json_response({"removed": webhook_id})
+
+
 def routes() -> list[web.RouteDef]:
     base = "/callboard/v1/admin"
     return [
@@ -129,4 +198,7 @@ def routes() -> list[web.RouteDef]:
         web.get(f"{base}/projects/{{project}}/keys", list_keys),
         web.post(f"{base}/projects/{{project}}/keys", add_key),
         web.delete(f"{base}/keys/{{key}}", revoke_key),
+        web.get(f"{base}/projects/{{project}}/webhooks", list_webhooks),
+        web.post(f"{base}/projects/{{project}}/webhooks", add_webhook),
+        web.delete(f"{base}/projects/{{project}}/webhooks/{{webhook}}", remove_webhook),
     ]

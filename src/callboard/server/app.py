@@ -23,7 +23,8 @@ from aiohttp import web
 from callboard import __version__
 from callboard.dispatch.model import Restored
 from callboard.protocol.errors import WS_GOING_AWAY, ApiError
-from callboard.server import admin, api
+from callboard.rtc.manager import RoomManager
+from callboard.server import admin, api, observer, rtc_ws
 from callboard.server.agent_ws import handle_agent
 from callboard.server.hub import Hub
 from callboard.server.twirp import MAX_BODY_BYTES, handle_twirp, twirp_error
@@ -65,6 +66,7 @@ def create_app(settings: Settings, store: Store, admin_token: str) -> web.Applic
     app = web.Application(middlewares=[api_errors], client_max_size=MAX_BODY_BYTES)
     hub = Hub(settings, store)
     app["hub"] = hub
+    app["rooms"] = RoomManager(settings, store, node_id=hub.node_id)
     app["admin_token"] = admin_token
     app["draining"] = False
     app["sockets"] = weakref.WeakSet()
@@ -73,7 +75,11 @@ def create_app(settings: Settings, store: Store, admin_token: str) -> web.Applic
     app.router.add_route("*", "/twirp/{service}/{method}", handle_twirp)
     app.router.add_routes(admin.routes())
     app.router.add_routes(api.routes())
+    app.router.add_routes(rtc_ws.routes())
+    observer.install(app)  # dispatch, event log and webhooks for the rooms
     app.on_startup.append(_resume)
+    app.on_startup.append(_start_rooms)
+    app.on_shutdown.append(_stop_rooms)
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -88,6 +94,17 @@ async def _resume(app: web.Application) -> None:
             len(jobs),
         )
     hub.feed(Restored(tuple(dispatches), tuple(jobs), hub.clock_ms()))
+
+
+async def _start_rooms(app: web.Application) -> None:
+    rooms: RoomManager = app["rooms"]
+    rooms.start()
+
+
+async def _stop_rooms(app: web.Application) -> None:
+    """Participants get leave{SERVER_SHUTDOWN}; peer connections and room tasks are closed."""
+    rooms: RoomManager = app["rooms"]
+    await rooms.stop()
 
 
 async def _close_sockets(app: web.Application) -> None:

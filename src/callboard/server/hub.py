@@ -75,6 +75,7 @@ class Hub:
         )
         self.node_id = ids.new_id("ND_")
         self.links: dict[str, WorkerLink] = {}
+        self.listeners: list[Callable[[list[Action]], None]] = []  # see every carried-out batch
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at_ms: int | None = None
 
@@ -84,7 +85,17 @@ class Hub:
         actions = self.core.handle(event)
         for action in actions:
             self._carry_out(action)
+        for listener in self.listeners:
+            try:
+                listener(actions)
+            except Exception:  # an observer's bug must not stop dispatch
+                log.exception("action listener %r failed", listener)
         self._arm_timer()
+
+    def record(self, event: RecordEvent) -> None:
+        """An event-log line from outside the core (rooms, webhooks): stored and logged alike."""
+        self.store.submit_event(event)
+        self._log_event(event)
 
     def _carry_out(self, action: Action) -> None:
         match action:
@@ -111,8 +122,7 @@ class Hub:
             case SaveJob():
                 self.store.submit_job(action.record)
             case RecordEvent():
-                self.store.submit_event(action)
-                self._log_event(action)
+                self.record(action)
 
     def _send(self, worker_id: str, msg: pb.ServerMessage) -> None:
         link = self.links.get(worker_id)

@@ -7,7 +7,7 @@ committed: a caller is never told "done" about something a crash could still los
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from callboard.dispatch.model import (
@@ -101,21 +101,34 @@ async def create_room(
     )
     await hub.store.save_room(room)
     if auto_dispatch:
-        wanted = list(agents) or [AgentRequest("")]
-        for agent in wanted:
-            _dispatch(hub, caller, room, agent, source="room")
+        ref = RoomRef(caller.project_id, room.name, room.sid)
+        for agent in room_agents(agents):
+            dispatch_agent(hub, caller, ref, agent, source="room")
         await hub.store.flush()
     return room, True
 
 
-def _dispatch(hub: Hub, caller: Caller, room: Room, agent: AgentRequest, source: str) -> str:
+def room_agents(agents: Sequence[AgentRequest]) -> list[AgentRequest]:
+    """What a new room dispatches: its configured agents (each name once), or, with none, one
+    automatic dispatch (agent name "") that only unnamed workers receive — LiveKit's rule."""
+    first: dict[str, AgentRequest] = {}
+    for agent in agents:
+        first.setdefault(agent.agent_name, agent)
+    return list(first.values()) or [AgentRequest("")]
+
+
+def dispatch_agent(
+    hub: Hub, caller: Caller, room: RoomRef, agent: AgentRequest, source: str
+) -> str:
+    """Create a ROOM dispatch owned by the caller's key (its developer, or production); no flush:
+    callers that acknowledge it (Twirp) await `hub.store.flush()` themselves."""
     spec = DispatchSpec(
         dispatch_id=ids.new_id(ids.DISPATCH),
         project_id=caller.project_id,
         owner=caller.owner,
         api_key=caller.key.key,
         agent_name=agent.agent_name,
-        room=RoomRef(caller.project_id, room.name, room.sid),
+        room=room,
         metadata=agent.metadata,
         job_type=JobType.ROOM,
         source=source,
@@ -132,7 +145,8 @@ async def create_dispatch(
     validate_name(agent.agent_name, "agent_name", allow_empty=True)
     validate_metadata(agent.metadata)
     room, _ = await create_room(hub, caller, room_name, auto_dispatch=False)
-    dispatch_id = _dispatch(hub, caller, room, agent, source="api")
+    ref = RoomRef(caller.project_id, room.name, room.sid)
+    dispatch_id = dispatch_agent(hub, caller, ref, agent, source="api")
     await hub.store.flush()
     record = hub.core.dispatch(dispatch_id)
     assert record is not None
@@ -172,9 +186,20 @@ def jobs_of(hub: Hub, record: DispatchRecord) -> list[JobRecord]:
     return list(hub.core.jobs_of_dispatch(record.spec.dispatch_id))
 
 
-async def delete_room(hub: Hub, caller: Caller, name: str) -> None:
-    if hub.store.get_room(caller.project_id, name) is None:
+ROOM_DELETED = "room deleted through the API"
+
+
+async def delete_room(
+    hub: Hub, caller: Caller, name: str, close_live: Callable[[], bool] | None = None
+) -> None:
+    """Delete the room; `close_live` first disconnects everyone in it if it is live (True then).
+
+    Its dispatches end (JobTermination to their workers) before this returns.
+    """
+    stored = hub.store.get_room(caller.project_id, name) is not None
+    live = close_live() if close_live is not None else False
+    if not stored and not live:
         raise NotFound(f"room {name!r} not found")
-    hub.feed(RoomClosed(caller.project_id, name, "room deleted through the API", hub.clock_ms()))
+    hub.feed(RoomClosed(caller.project_id, name, ROOM_DELETED, hub.clock_ms()))
     await hub.store.delete_room(caller.project_id, name)
     await hub.store.flush()

@@ -19,6 +19,9 @@ from livekit.protocol import room as rpb
 
 from callboard.protocol import convert
 from callboard.protocol.errors import ApiError, InvalidArgument
+from callboard.rooms.contract import RoomView
+from callboard.rooms.state import DataKind
+from callboard.rtc.manager import RoomManager
 from callboard.server import services
 from callboard.server.auth import Caller, authenticate, request_token, require
 from callboard.server.hub import Hub
@@ -26,7 +29,17 @@ from callboard.server.hub import Hub
 log = logging.getLogger("callboard.twirp")
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
-Handler = Callable[[Hub, Caller, Any], Awaitable[Message]]
+
+
+@dataclass(frozen=True)
+class Api:
+    """What a handler works with: the dispatch hub and the live rooms."""
+
+    hub: Hub
+    rooms: RoomManager
+
+
+Handler = Callable[[Api, Caller, Any], Awaitable[Message]]
 
 
 @dataclass(frozen=True)
@@ -42,36 +55,37 @@ def twirp_error(exc: ApiError) -> web.Response:
 # -- AgentDispatchService
 
 
-async def create_dispatch(hub: Hub, caller: Caller, req: dpb.CreateAgentDispatchRequest) -> Message:
+async def create_dispatch(api: Api, caller: Caller, req: dpb.CreateAgentDispatchRequest) -> Message:
     require(caller, "room_admin", room=req.room)
     services.validate_attributes(dict(req.attributes))
     agent = services.AgentRequest(req.agent_name, req.metadata)
-    record = await services.create_dispatch(hub, caller, req.room, agent)
-    return convert.agent_dispatch(record, services.jobs_of(hub, record))
+    record = await services.create_dispatch(api.hub, caller, req.room, agent)
+    _open_live(api, caller, req.room)
+    return convert.agent_dispatch(record, services.jobs_of(api.hub, record))
 
 
-async def delete_dispatch(hub: Hub, caller: Caller, req: dpb.DeleteAgentDispatchRequest) -> Message:
+async def delete_dispatch(api: Api, caller: Caller, req: dpb.DeleteAgentDispatchRequest) -> Message:
     require(caller, "room_admin", room=req.room)
-    record = await services.delete_dispatch(hub, caller, req.dispatch_id, req.room)
-    return convert.agent_dispatch(record, services.jobs_of(hub, record))
+    record = await services.delete_dispatch(api.hub, caller, req.dispatch_id, req.room)
+    return convert.agent_dispatch(record, services.jobs_of(api.hub, record))
 
 
-async def list_dispatch(hub: Hub, caller: Caller, req: dpb.ListAgentDispatchRequest) -> Message:
+async def list_dispatch(api: Api, caller: Caller, req: dpb.ListAgentDispatchRequest) -> Message:
     require(caller, "room_admin", room=req.room)
-    records = services.list_dispatches(hub, caller, req.room, req.dispatch_id)
+    records = services.list_dispatches(api.hub, caller, req.room, req.dispatch_id)
     return dpb.ListAgentDispatchResponse(
-        agent_dispatches=[convert.agent_dispatch(r, services.jobs_of(hub, r)) for r in records]
+        agent_dispatches=[convert.agent_dispatch(r, services.jobs_of(api.hub, r)) for r in records]
     )
 
 
-# -- RoomService
+# -- RoomService: rooms
 
 
-async def create_room(hub: Hub, caller: Caller, req: rpb.CreateRoomRequest) -> Message:
+async def create_room(api: Api, caller: Caller, req: rpb.CreateRoomRequest) -> Message:
     require(caller, "room_create")
     agents = [services.AgentRequest(a.agent_name, a.metadata) for a in req.agents]
     room, _ = await services.create_room(
-        hub,
+        api.hub,
         caller,
         req.name,
         metadata=req.metadata,
@@ -80,19 +94,122 @@ async def create_room(hub: Hub, caller: Caller, req: rpb.CreateRoomRequest) -> M
         max_participants=req.max_participants,
         agents=agents,
     )
-    return convert.room_message(room)
+    live = _open_live(api, caller, room.name)
+    return convert.room_info(live) if live is not None else convert.room_message(room)
 
 
-async def list_rooms(hub: Hub, caller: Caller, req: rpb.ListRoomsRequest) -> Message:
+def _open_live(api: Api, caller: Caller, name: str) -> RoomView | None:
+    """A stored room the room model does not track yet starts now (room_started, its timers)."""
+    live = api.rooms.model.get_room(caller.project_id, name)
+    if live is not None:
+        return live
+    stored = api.hub.store.get_room(caller.project_id, name)
+    return api.rooms.open_room(stored, caller.key) if stored is not None else None
+
+
+async def list_rooms(api: Api, caller: Caller, req: rpb.ListRoomsRequest) -> Message:
+    """Stored rooms, and live ones a join made a moment ago (saved in the background); a live
+    room shows its participant count."""
     require(caller, "room_list")
-    rooms = hub.store.list_rooms(caller.project_id, list(req.names) or None)
-    return rpb.ListRoomsResponse(rooms=[convert.room_message(r) for r in rooms])
+    wanted = set(req.names) or None
+    rooms = api.hub.store.list_rooms(caller.project_id, list(req.names) or None)
+    stored = {r.name: r for r in rooms}
+    live = {
+        v.name: v
+        for v in api.rooms.model.list_rooms(caller.project_id)
+        if wanted is None or v.name in wanted
+    }
+    out = [
+        convert.room_info(live[name]) if name in live else convert.room_message(stored[name])
+        for name in sorted(stored.keys() | live.keys())
+    ]
+    return rpb.ListRoomsResponse(rooms=out)
 
 
-async def delete_room(hub: Hub, caller: Caller, req: rpb.DeleteRoomRequest) -> Message:
+async def delete_room(api: Api, caller: Caller, req: rpb.DeleteRoomRequest) -> Message:
+    """Everyone in it is disconnected (leave, ROOM_DELETED) and its jobs end."""
     require(caller, "room_create")
-    await services.delete_room(hub, caller, req.room)
+
+    def close_live() -> bool:
+        return api.rooms.close_room(caller.project_id, req.room, services.ROOM_DELETED)
+
+    await services.delete_room(api.hub, caller, req.room, close_live)
     return rpb.DeleteRoomResponse()
+
+
+async def update_room_metadata(
+    api: Api, caller: Caller, req: rpb.UpdateRoomMetadataRequest
+) -> Message:
+    require(caller, "room_admin", room=req.room)
+    view = await api.rooms.update_room_metadata(caller.project_id, req.room, req.metadata)
+    return convert.room_info(view)
+
+
+# -- RoomService: participants (LiveKit: roomAdmin for that room)
+
+
+async def list_participants(
+    api: Api, caller: Caller, req: rpb.ListParticipantsRequest
+) -> Message:
+    require(caller, "room_admin", room=req.room)
+    infos = api.rooms.participant_infos(caller.project_id, req.room)
+    return rpb.ListParticipantsResponse(participants=infos)
+
+
+async def get_participant(api: Api, caller: Caller, req: rpb.RoomParticipantIdentity) -> Message:
+    require(caller, "room_admin", room=req.room)
+    return api.rooms.participant_info(caller.project_id, req.room, req.identity)
+
+
+async def remove_participant(
+    api: Api, caller: Caller, req: rpb.RoomParticipantIdentity
+) -> Message:
+    """Kick: the participant gets leave{DISCONNECT, PARTICIPANT_REMOVED}; the others are told."""
+    require(caller, "room_admin", room=req.room)
+    api.rooms.remove_participant(caller.project_id, req.room, req.identity)
+    return rpb.RemoveParticipantResponse()
+
+
+async def update_participant(
+    api: Api, caller: Caller, req: rpb.UpdateParticipantRequest
+) -> Message:
+    """As LiveKit: empty metadata or name leaves it unchanged; an empty attribute value deletes
+    the attribute; the permission is replaced only when sent."""
+    require(caller, "room_admin", room=req.room)
+    return api.rooms.update_participant(
+        caller.project_id,
+        req.room,
+        req.identity,
+        metadata=req.metadata or None,
+        name=req.name or None,
+        attributes=dict(req.attributes),
+        permission=req.permission if req.HasField("permission") else None,
+    )
+
+
+async def send_data(api: Api, caller: Caller, req: rpb.SendDataRequest) -> Message:
+    """Data from the server to everyone, or to `destination_identities` (or the deprecated
+    `destination_sids`); identities not in the room are skipped, like LiveKit."""
+    require(caller, "room_admin", room=req.room)
+    kind = int(req.kind)
+    if kind not in {k.value for k in DataKind}:
+        raise InvalidArgument(f"unknown data packet kind {kind}", "kind")
+    destinations = list(req.destination_identities)
+    if req.destination_sids:
+        members = api.rooms.list_participants(caller.project_id, req.room)
+        by_sid = {p.sid: p.identity for p in members}
+        destinations += [by_sid[sid] for sid in req.destination_sids if sid in by_sid]
+        if not destinations:
+            return rpb.SendDataResponse()  # only unknown sids: nobody to send to
+    api.rooms.send_data(
+        caller.project_id,
+        req.room,
+        req.data,
+        DataKind(kind),
+        destinations,
+        req.topic if req.HasField("topic") else None,
+    )
+    return rpb.SendDataResponse()
 
 
 METHODS: dict[tuple[str, str], Method] = {
@@ -106,6 +223,16 @@ METHODS: dict[tuple[str, str], Method] = {
     ("RoomService", "CreateRoom"): Method(rpb.CreateRoomRequest, create_room),
     ("RoomService", "ListRooms"): Method(rpb.ListRoomsRequest, list_rooms),
     ("RoomService", "DeleteRoom"): Method(rpb.DeleteRoomRequest, delete_room),
+    ("RoomService", "UpdateRoomMetadata"): Method(
+        rpb.UpdateRoomMetadataRequest, update_room_metadata
+    ),
+    ("RoomService", "ListParticipants"): Method(rpb.ListParticipantsRequest, list_participants),
+    ("RoomService", "GetParticipant"): Method(rpb.RoomParticipantIdentity, get_participant),
+    ("RoomService", "RemoveParticipant"): Method(rpb.RoomParticipantIdentity, remove_participant),
+    ("RoomService", "UpdateParticipant"): Method(
+        rpb.UpdateParticipantRequest, update_participant
+    ),
+    ("RoomService", "SendData"): Method(rpb.SendDataRequest, send_data),
 }
 
 
@@ -145,7 +272,7 @@ async def handle_twirp(request: web.Request) -> web.Response:
         body = await _read_body(request)
         caller = authenticate(hub.store, request_token(request))
         req = _decode(method.request_type, body, as_json)
-        reply = await method.handler(hub, caller, req)
+        reply = await method.handler(Api(hub, request.app["rooms"]), caller, req)
     except ApiError as exc:
         log.info("twirp %s/%s -> %s: %s", service, method_name, exc.code, exc.msg)
         return twirp_error(exc)

@@ -51,6 +51,17 @@ class Room:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """A URL that receives the project's webhooks, signed with one of its production keys."""
+
+    webhook_id: str
+    project_id: str
+    url: str
+    signing_key: str  # the API key whose secret signs the deliveries (never a developer's)
+    created_at_ms: int
+
+
+@dataclass(frozen=True)
 class StoredEvent:
     seq: int
     project_id: str
@@ -139,6 +150,19 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get_room(self, project_id: str, name: str) -> Room | None: ...
+
+    # -- webhooks (admin plane)
+    @abc.abstractmethod
+    async def add_webhook(self, project_id: str, url: str, signing_key: str) -> Webhook:
+        """Raises ValueError when the project already has a webhook for that URL."""
+
+    @abc.abstractmethod
+    def list_webhooks(self, project_id: str | None = None) -> list[Webhook]:
+        """Oldest first; every project's when `project_id` is None."""
+
+    @abc.abstractmethod
+    async def delete_webhook(self, project_id: str, webhook_id: str) -> bool:
+        """False when the project has no such webhook."""
 
     # -- dispatches, jobs (written by the dispatch core's actions)
     @abc.abstractmethod

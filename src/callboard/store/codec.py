@@ -17,11 +17,12 @@ from callboard.dispatch.model import (
     JobRecord,
     JobState,
     JobType,
+    ParticipantRef,
     RecordEvent,
     RoomRef,
     TraceEntry,
 )
-from callboard.store.base import ApiKey, Project, Room, StoredEvent
+from callboard.store.base import ApiKey, Project, Room, StoredEvent, Webhook
 
 Values = tuple[Any, ...]
 
@@ -37,8 +38,10 @@ DISPATCH_COLUMNS: Final = (
 )
 JOB_COLUMNS: Final = (
     "job_id", "dispatch_id", "project_id", "owner", "room_name", "agent_name", "attempt", "state",
-    "worker_id", "error", "participant_identity", "created_at_ms", "updated_at_ms",
+    "worker_id", "error", "participant_identity", "created_at_ms", "updated_at_ms", "job_type",
+    "participant",
 )
+WEBHOOK_COLUMNS: Final = ("webhook_id", "project_id", "url", "signing_key", "created_at_ms")
 EVENT_COLUMNS: Final = (
     "project_id", "kind", "at_ms", "level", "message", "room_name", "dispatch_id", "job_id",
     "worker_id", "agent_name", "owner",
@@ -117,7 +120,27 @@ def job_row(job: JobRecord) -> Values:
     return (
         job.job_id, job.dispatch_id, job.project_id, job.owner, job.room_name, job.agent_name,
         job.attempt, job.state.value, job.worker_id, job.error, job.participant_identity,
-        job.created_at_ms, job.updated_at_ms,
+        job.created_at_ms, job.updated_at_ms, int(job.job_type), _participant_text(job.participant),
+    )
+
+
+def _participant_text(ref: ParticipantRef | None) -> str:
+    if ref is None:
+        return ""
+    return _dumps({
+        "sid": ref.sid, "identity": ref.identity, "name": ref.name, "metadata": ref.metadata,
+        "attributes": dict(ref.attributes), "kind": ref.kind, "joined_at_ms": ref.joined_at_ms,
+    })
+
+
+def _participant_from_text(text: str) -> ParticipantRef | None:
+    if not text:
+        return None
+    raw = json.loads(text)
+    return ParticipantRef(
+        sid=raw["sid"], identity=raw["identity"], name=raw.get("name", ""),
+        metadata=raw.get("metadata", ""), attributes=dict(raw.get("attributes", {})),
+        kind=int(raw.get("kind", 0)), joined_at_ms=int(raw.get("joined_at_ms", 0)),
     )
 
 
@@ -128,6 +151,18 @@ def job_from_row(row: sqlite3.Row) -> JobRecord:
         attempt=row["attempt"], state=JobState(row["state"]), worker_id=row["worker_id"],
         error=row["error"], created_at_ms=row["created_at_ms"],
         updated_at_ms=row["updated_at_ms"], participant_identity=row["participant_identity"],
+        job_type=JobType(row["job_type"]), participant=_participant_from_text(row["participant"]),
+    )
+
+
+def webhook_row(hook: Webhook) -> Values:
+    return (hook.webhook_id, hook.project_id, hook.url, hook.signing_key, hook.created_at_ms)
+
+
+def webhook_from_row(row: sqlite3.Row) -> Webhook:
+    return Webhook(
+        webhook_id=row["webhook_id"], project_id=row["project_id"], url=row["url"],
+        signing_key=row["signing_key"], created_at_ms=row["created_at_ms"],
     )
 
 

@@ -142,7 +142,27 @@ def _v2_dispatch_records(conn: sqlite3.Connection) -> None:
     ])
 
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_admin_plane, _v2_dispatch_records)
+def _v3_participant_jobs_and_webhooks(conn: sqlite3.Connection) -> None:
+    """A job's type and participant (JT_PARTICIPANT jobs), and each project's webhook URLs."""
+    _run(conn, [
+        "ALTER TABLE jobs ADD COLUMN job_type INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN participant TEXT NOT NULL DEFAULT ''",
+        """CREATE TABLE webhooks (
+            webhook_id TEXT PRIMARY KEY,
+            project_id TEXT NOT NULL,
+            url TEXT NOT NULL,
+            signing_key TEXT NOT NULL,
+            created_at_ms INTEGER NOT NULL,
+            UNIQUE (project_id, url)
+        )""",
+    ])
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    _v1_admin_plane,
+    _v2_dispatch_records,
+    _v3_participant_jobs_and_webhooks,
+)
 LATEST: Final = len(MIGRATIONS)
 
 

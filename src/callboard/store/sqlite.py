@@ -40,7 +40,7 @@ from typing import Any, Final, TypeVar, cast
 from callboard.dispatch.model import DispatchRecord, JobRecord, JobState, RecordEvent
 from callboard.protocol import ids
 from callboard.store import codec, schema
-from callboard.store.base import ApiKey, EventQuery, Project, Room, Store, StoredEvent
+from callboard.store.base import ApiKey, EventQuery, Project, Room, Store, StoredEvent, Webhook
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def _insert_project(conn: sqlite3.Connection, project: Project) -> None:
 
 def _delete_project(conn: sqlite3.Connection, project_id: str) -> None:
     # jobs cascade to job_history, projects to api_keys (foreign keys); the rest is explicit.
-    for table in ("events", "jobs", "dispatches", "rooms", "projects"):
+    for table in ("events", "jobs", "dispatches", "rooms", "webhooks", "projects"):
         conn.execute(f"DELETE FROM {table} WHERE project_id = ?", (project_id,))
 
 
@@ -365,6 +365,21 @@ def _revoke_key(conn: sqlite3.Connection, key: str) -> ApiKey | None:
     sql = "UPDATE api_keys SET revoked = 1 WHERE key = ? RETURNING *"
     rows = conn.execute(sql, (key,)).fetchall()  # fetch all: RETURNING applies when stepped through
     return codec.key_from_row(rows[0]) if rows else None
+
+
+def _insert_webhook(conn: sqlite3.Connection, hook: Webhook) -> Webhook:
+    found = conn.execute(
+        "SELECT 1 FROM webhooks WHERE project_id = ? AND url = ?", (hook.project_id, hook.url)
+    )
+    if found.fetchone() is not None:
+        raise ValueError(f"the project already has a webhook for {hook.url}")
+    conn.execute(codec.insert_sql("webhooks", codec.WEBHOOK_COLUMNS), codec.webhook_row(hook))
+    return hook
+
+
+def _delete_webhook(conn: sqlite3.Connection, project_id: str, webhook_id: str) -> bool:
+    sql = "DELETE FROM webhooks WHERE project_id = ? AND webhook_id = ?"
+    return conn.execute(sql, (project_id, webhook_id)).rowcount > 0
 
 
 def _delete_events_before(conn: sqlite3.Connection, before_ms: int) -> int:
@@ -599,6 +614,23 @@ class SqliteStore(Store):
             "SELECT * FROM rooms WHERE project_id = ? AND name = ?", (project_id, name)
         )
         return codec.room_from_row(row) if row else None
+
+    # -- webhooks
+
+    async def add_webhook(self, project_id: str, url: str, signing_key: str) -> Webhook:
+        hook = Webhook(ids.new_id(ids.WEBHOOK), project_id, url, signing_key, self._clock_ms())
+        return await self._write(partial(_insert_webhook, hook=hook), f"webhook {hook.webhook_id}")
+
+    def list_webhooks(self, project_id: str | None = None) -> list[Webhook]:
+        sql, params = "SELECT * FROM webhooks", []
+        if project_id is not None:
+            sql, params = sql + " WHERE project_id = ?", [project_id]
+        rows = self._reader.all(sql + " ORDER BY created_at_ms, rowid", params)
+        return [codec.webhook_from_row(row) for row in rows]
+
+    async def delete_webhook(self, project_id: str, webhook_id: str) -> bool:
+        work = partial(_delete_webhook, project_id=project_id, webhook_id=webhook_id)
+        return await self._write(work, f"webhook {webhook_id}")
 
     # -- dispatches, jobs
 
