@@ -23,14 +23,16 @@ from typing import Any, TypeVar
 
 import click
 
+from callboard.cli import config
+from callboard.cli.common import EXIT_USAGE, http_url
 from callboard.cli.output import emit_json, fail, table
+from callboard.cli.project import add_project, load_config
 from callboard.server import admin as admin_api
 from callboard.server.app import DEV_ADMIN_TOKEN
 from callboard.store.sqlite import SqliteStore
 
 T = TypeVar("T")
 
-EXIT_USAGE = 2
 ADMIN_FILE = "callboard.db.admin"
 
 
@@ -51,17 +53,6 @@ class AdminOptions:
     token: str | None = None
     db: str | None = None
     dev: bool = False
-
-
-def http_url(url: str) -> str:
-    """ws(s):// becomes http(s)://, and a bare `host:port` gets http://."""
-    if url.startswith("ws://"):
-        return "http://" + url[5:]
-    if url.startswith("wss://"):
-        return "https://" + url[6:]
-    if "://" not in url:
-        return "http://" + url
-    return url
 
 
 def resolve_target(url: str | None, token: str | None, db: str | None, dev: bool) -> AdminTarget:
@@ -248,10 +239,16 @@ def keys() -> None:
 @click.argument("project_name", metavar="PROJECT")
 @click.option("--developer", default="", help="Issue the key to this developer (isolated "
               "dispatch); omit for a production key.")
+@click.option("--save-project", metavar="NAME",
+              help="Also add the new key as project NAME of ~/.livekit/cli-config.yaml, for "
+                   "use with --project NAME in callboard and lk commands.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_target
-def keys_add(target: AdminTarget, project_name: str, developer: str, as_json: bool) -> None:
+def keys_add(target: AdminTarget, project_name: str, developer: str, save_project: str | None,
+             as_json: bool) -> None:
     """Add an API key to PROJECT and print URL, key and secret."""
+    if save_project is not None:
+        _can_save_project(save_project, target)
     if target.db:
         if developer:
             _check_name("developer", developer)
@@ -268,13 +265,34 @@ def keys_add(target: AdminTarget, project_name: str, developer: str, as_json: bo
                       {"developer": developer})
     if as_json:
         emit_json(result)
-        return
-    who = f"developer {result['developer']}" if result["developer"] else "production"
-    click.echo(f"added {who} key to project {project_name}")
-    if result.get("url"):
-        click.echo(f"LIVEKIT_URL={result['url']}")
-    click.echo(f"LIVEKIT_API_KEY={result['key']}")
-    click.echo(f"LIVEKIT_API_SECRET={result['secret']}")
+    else:
+        who = f"developer {result['developer']}" if result["developer"] else "production"
+        click.echo(f"added {who} key to project {project_name}")
+        if result.get("url"):
+            click.echo(f"LIVEKIT_URL={result['url']}")
+        click.echo(f"LIVEKIT_API_KEY={result['key']}")
+        click.echo(f"LIVEKIT_API_SECRET={result['secret']}")
+    if save_project is not None:  # after printing: the secret is shown whatever happens here
+        _save_project(save_project, result)
+
+
+def _can_save_project(name: str, target: AdminTarget) -> None:
+    """Refuse `--save-project` before a key is made, not after."""
+    if target.db:
+        fail("--save-project needs the server's URL: run it against a server, not --db",
+             EXIT_USAGE)
+    cfg = load_config()
+    if cfg.find(name) is not None:
+        fail(f"project {name!r} already exists in {config.display_path(cfg.path)}", EXIT_USAGE)
+
+
+def _save_project(name: str, key: dict[str, Any]) -> None:
+    """The key just made, as a local project of ~/.livekit/cli-config.yaml."""
+    url = key.get("url") or ""
+    added = add_project(config.Project(name, url, key["key"], key["secret"]), False)
+    suffix = ", the default" if added["default"] else ""
+    click.echo(f"saved as project {name}{suffix} in {config.display_path(config.config_path())}",
+               err=True)
 
 
 @keys.command("list")

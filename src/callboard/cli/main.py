@@ -10,6 +10,13 @@ import click
 
 from callboard import __version__
 from callboard.cli.admin import admin
+from callboard.cli.admin_webhooks import webhooks as _webhooks  # noqa: F401  (admin webhooks)
+from callboard.cli.dispatch import dispatch
+from callboard.cli.logs import logs
+from callboard.cli.project import project
+from callboard.cli.room import room
+from callboard.cli.token import token
+from callboard.cli.workers import workers
 from callboard.settings import load_settings
 
 
@@ -20,6 +27,12 @@ def cli() -> None:
 
     Start a dev server with `callboard server --dev`, then point livekit-agents workers at it with
     LIVEKIT_URL=ws://127.0.0.1:7880 LIVEKIT_API_KEY=devkey LIVEKIT_API_SECRET=secret.
+
+    The client commands (token, dispatch, room, workers, logs) take credentials like `lk`:
+    --project NAME, else --url/--api-key/--api-secret or $CALLBOARD_* / $LIVEKIT_*, else --dev,
+    else the default project of ~/.livekit/cli-config.yaml (see `callboard project`).
+
+    Exit codes: 0 ok, 1 the server said no (or could not be reached), 2 usage error.
     """
 
 
@@ -58,7 +71,8 @@ def server(host: str | None, port: int | None, db: str | None, dev: bool | None,
         raise click.ClickException(f"cannot start: {exc}") from None
 
 
-cli.add_command(admin)
+for command in (project, token, dispatch, room, workers, logs, admin):
+    cli.add_command(command)
 
 
 def main() -> None:
