@@ -44,18 +44,21 @@ def cli() -> None:
               help="Ensure a project 'dev' with key devkey / secret secret.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               help="Log level (default info).")
+@click.option("--rtc-node-ip", help="Address to advertise in ICE candidates (1:1 NAT, cloud VM).")
+@click.option("--ice-server", "ice_servers", multiple=True,
+              help="ICE server handed to clients (repeatable), e.g. turn:user:pass@host:3478.")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False),
               help="TOML file with settings (flags and CALLBOARD_* env override it).")
 def server(host: str | None, port: int | None, db: str | None, dev: bool | None,
-           log_level: str | None, config: str | None) -> None:
-    """Run the server: /agent, Twirp APIs, the admin and project APIs, on one port."""
+           log_level: str | None, rtc_node_ip: str | None, ice_servers: tuple[str, ...],
+           config: str | None) -> None:
+    """Run the server: /agent, /rtc, Twirp, the admin and project APIs, on one port."""
     from callboard.server.app import serve
 
+    flags = {"host": host, "port": port, "db": db, "dev": dev, "log_level": log_level,
+             "rtc_node_ip": rtc_node_ip, "ice_servers": ice_servers or None}
     try:
-        settings = load_settings(
-            {"host": host, "port": port, "db": db, "dev": dev, "log_level": log_level},
-            config_file=config,
-        )
+        settings = load_settings(flags, config_file=config)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     logging.basicConfig(
