@@ -64,7 +64,24 @@ class Settings:
     webhook_retries: int = 5
     """Attempts per webhook delivery, with backoff."""
     retention_events_days: int = 30
-    """How long the event log keeps lines."""
+    """How long the event log keeps lines (agent log lines included); 0 keeps them forever."""
+    retention_jobs_days: int = 30
+    """How long finished jobs (and their state history) are kept; 0 keeps them forever."""
+    retention_dispatches_days: int = 30
+    """How long deleted dispatches (by API, or their room closed) are kept, with their jobs; 0
+    keeps them forever."""
+    retention_rooms_days: int = 7
+    """A stored room older than this with nobody in it is closed by the sweep; 0 never."""
+    retention_usage_days: int = 400
+    """How many days of per-day usage rows are kept; 0 keeps them forever."""
+    retention_sweep_interval_s: float = 3600.0
+    """How often the retention sweep runs (first run a minute after start)."""
+    enable_recording: bool = True
+    """Set `enable_recording` on jobs, so an agent whose LIVEKIT_OBSERVABILITY_URL points here
+    uploads its log lines (`callboard logs --job`), traces and session report."""
+    metrics_public: bool = False
+    """Serve `/metrics` without credentials (every project). Off: the admin credential sees every
+    project, a project token (roomAdmin or roomList) only its own."""
     admin_token: str = ""
     """Admin credential; empty means: read `<db>.admin`, creating it at first start."""
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -89,6 +106,7 @@ _POSITIVE = frozenset(
         "rtc_ping_timeout_s",
         "rtc_data_packets_per_s",
         "rtc_data_bytes_per_s",
+        "retention_sweep_interval_s",
     }
 )
 

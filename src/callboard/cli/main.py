@@ -11,7 +11,9 @@ import click
 from callboard import __version__
 from callboard.cli.admin import admin
 from callboard.cli.admin_webhooks import webhooks as _webhooks  # noqa: F401  (admin webhooks)
+from callboard.cli.call import call
 from callboard.cli.dispatch import dispatch
+from callboard.cli.env import env
 from callboard.cli.logs import logs
 from callboard.cli.project import project
 from callboard.cli.room import room
@@ -74,7 +76,7 @@ def server(host: str | None, port: int | None, db: str | None, dev: bool | None,
         raise click.ClickException(f"cannot start: {exc}") from None
 
 
-for command in (project, token, dispatch, room, workers, logs, admin):
+for command in (project, token, dispatch, room, workers, logs, admin, env, call):
     cli.add_command(command)
 
 

@@ -70,7 +70,20 @@ class JoinRefused(Exception):
         self.status = status
 
 
+@dataclass(frozen=True)
+class TrackView:
+    sid: str
+    name: str
+    kind: str  # audio (the only kind relayed)
+    source: int  # livekit TrackSource
+    muted: bool
+    mime_type: str = "audio/opus"
+
+
 class RoomObserver(Protocol):
+    """Lifecycle moments. `track_published` / `track_unpublished` are optional: the manager
+    calls them only on observers that define them (older implementers stay valid)."""
+
     def admit(self, ctx: JoinContext) -> None:
         """Raise JoinRefused to refuse (e.g. an agent whose job attempt was superseded)."""
 

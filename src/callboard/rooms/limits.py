@@ -28,6 +28,7 @@ class RoomLimits:
     departure_timeout_s: int = 20  # likewise
     max_metadata_bytes: int = MAX_METADATA_BYTES
     max_attributes_bytes: int = MAX_ATTRIBUTES_BYTES
+    max_tracks_per_participant: int = 4  # published audio tracks
 
 
 class TokenBucket:

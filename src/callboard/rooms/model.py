@@ -42,10 +42,13 @@ from callboard.rooms.contract import (
     ParticipantView,
     RoomObserver,
     RoomView,
+    TrackView,
 )
 from callboard.rooms.limits import DataRateLimit, RoomLimits
 from callboard.rooms.state import (
     DataKind,
+    MediaListener,
+    NoMedia,
     Participant,
     ParticipantEdge,
     Room,
@@ -63,6 +66,8 @@ Action = signal.LeaveRequest.Action
 OK = signal.RequestResponse.Reason.OK
 NOT_ALLOWED = signal.RequestResponse.Reason.NOT_ALLOWED
 LIMIT_EXCEEDED = signal.RequestResponse.Reason.LIMIT_EXCEEDED
+UNSUPPORTED_TYPE = signal.RequestResponse.Reason.UNSUPPORTED_TYPE
+TRACK_PREFIX = "TR_"
 
 
 def wall_clock_ms() -> int:
@@ -78,6 +83,7 @@ class JoinAttempt:
     room_name: str
     stored: StoredRoom | None = None
     client_protocol: int = 0
+    auto_subscribe: bool = True
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,7 @@ class RoomModel:
         self.counters: Counter[str] = Counter()
         self._rooms: dict[tuple[str, str], Room] = {}
         self._members: dict[str, tuple[Room, Participant]] = {}  # by participant sid
+        self.media: MediaListener = NoMedia()
 
     # -- joining
 
@@ -186,6 +193,7 @@ class RoomModel:
             job=claims.job,
             client_protocol=attempt.client_protocol,
             last_seen_ms=now,
+            auto_subscribe=attempt.auto_subscribe,
         )
 
     def _admit(self, room: Room, new: Participant, attempt: JoinAttempt, created: bool) -> None:
@@ -241,9 +249,12 @@ class RoomModel:
         del room.participants[p.identity]
         del self._members[p.sid]
         p.state = State.DISCONNECTED
+        for track_sid in list(p.tracks):
+            self._drop_track(room, p, track_sid)
         p.changed()
         if announce and not p.hidden:
             self._broadcast(room, [p.info(reason)])
+        self.media.subscriptions_changed([p.sid, *self._sids(room)])
         if not room.participants:
             room.emptied_at_ms = self.clock_ms()
         self.counters["participants.left"] += 1
@@ -411,6 +422,167 @@ class RoomModel:
         found = self._find(sid)
         return found[1].identity if found else None
 
+    # -- audio tracks: publish, mute, unpublish, who hears what
+
+    def add_track(self, sid: str, req: signal.AddTrackRequest) -> None:
+        """`add_track`: answer track_published (or a request_response saying why not)."""
+        found = self._find(sid)
+        if found is None:
+            return
+        room, p = found
+        existing = p.cids.get(req.cid)
+        if existing is not None:  # asked twice (a retry): the same answer
+            p.edge.send_signal(_published(req.cid, p.tracks[existing]))
+            return
+        refusal = self._may_publish(p, req)
+        if refusal is not None:
+            self._refuse_track(room, p, req, *refusal)
+            return
+        info = _track_info(req)
+        p.tracks[info.sid] = info
+        p.cids[req.cid] = info.sid
+        p.published_once = True
+        self.counters["tracks.published"] += 1
+        p.edge.send_signal(_published(req.cid, info))
+        self._announce_change(room, p)
+        self._notify("track_published", room.view(), p.view(), _track_view(info))
+        self.media.subscriptions_changed(self._sids(room))
+
+    def _may_publish(
+        self, p: Participant, req: signal.AddTrackRequest
+    ) -> tuple[signal.RequestResponse.Reason, str] | None:
+        if not p.permission.can_publish:
+            return NOT_ALLOWED, "token lacks canPublish"
+        if req.type != models.TrackType.AUDIO:
+            kind = models.TrackType.Name(req.type).lower()
+            return UNSUPPORTED_TYPE, f"callboard relays audio only; {kind} tracks are refused"
+        allowed = p.permission.can_publish_sources
+        if allowed and req.source not in allowed:
+            return NOT_ALLOWED, f"token does not allow publishing {models.TrackSource.Name(req.source)}"
+        if len(p.tracks) >= self.limits.max_tracks_per_participant:
+            limit = self.limits.max_tracks_per_participant
+            return LIMIT_EXCEEDED, f"at most {limit} published tracks per participant"
+        return None
+
+    def _refuse_track(
+        self,
+        room: Room,
+        p: Participant,
+        req: signal.AddTrackRequest,
+        reason: signal.RequestResponse.Reason,
+        message: str,
+    ) -> None:
+        log.warning("%s in room %s may not publish %r: %s", p.identity, room.name, req.cid, message)
+        self.counters[f"tracks.refused.{signal.RequestResponse.Reason.Name(reason).lower()}"] += 1
+        response = signal.RequestResponse(reason=reason, message=message, add_track=req)
+        p.edge.send_signal(signal.SignalResponse(request_response=response))
+
+    def track_sid_for(self, sid: str, cid: str) -> str:
+        """The track sid given to the client's track `cid` ("" if none)."""
+        found = self._find(sid)
+        return found[1].cids.get(cid, "") if found else ""
+
+    def unpublish(self, sid: str, track_sid: str) -> bool:
+        """The client stopped sending the track (or the server unpublished it)."""
+        found = self._find(sid)
+        if found is None or track_sid not in found[1].tracks:
+            return False
+        room, p = found
+        self._drop_track(room, p, track_sid)
+        unpublished = signal.TrackUnpublishedResponse(track_sid=track_sid)
+        p.edge.send_signal(signal.SignalResponse(track_unpublished=unpublished))
+        self._announce_change(room, p)
+        self.media.subscriptions_changed(self._sids(room))
+        return True
+
+    def _drop_track(self, room: Room, p: Participant, track_sid: str) -> None:
+        info = p.tracks.pop(track_sid)
+        for cid, tsid in list(p.cids.items()):
+            if tsid == track_sid:
+                del p.cids[cid]
+        self.counters["tracks.unpublished"] += 1
+        self.media.track_removed(track_sid)
+        self._notify("track_unpublished", room.view(), p.view(), _track_view(info))
+
+    def set_muted(self, sid: str, track_sid: str, muted: bool, by_server: bool = False) -> bool:
+        """Mute or unmute a published track; a server-side mute is also told to the publisher."""
+        found = self._find(sid)
+        if found is None or track_sid not in found[1].tracks:
+            return False
+        room, p = found
+        info = p.tracks[track_sid]
+        if info.muted != muted:
+            info.muted = muted
+            self.media.track_muted(track_sid, muted)
+            self._announce_change(room, p)
+        if by_server:
+            mute = signal.MuteTrackRequest(sid=track_sid, muted=muted)
+            p.edge.send_signal(signal.SignalResponse(mute=mute))
+        return True
+
+    def track_muted(self, track_sid: str) -> bool:
+        for _room, p in self._members.values():
+            if track_sid in p.tracks:
+                return bool(p.tracks[track_sid].muted)
+        return False
+
+    def update_subscription(self, sid: str, req: signal.UpdateSubscription) -> None:
+        """Manual subscribe / unsubscribe (overrides auto-subscribe for those tracks)."""
+        found = self._find(sid)
+        if found is None:
+            return
+        track_sids = list(req.track_sids)
+        for pt in req.participant_tracks:
+            track_sids.extend(pt.track_sids)
+        for track_sid in track_sids:
+            found[1].chosen[track_sid] = bool(req.subscribe)
+        self.media.subscriptions_changed([sid])
+
+    def set_subscription_permission(self, sid: str, req: signal.SubscriptionPermission) -> None:
+        """Who may subscribe to this participant's tracks."""
+        found = self._find(sid)
+        if found is None:
+            return
+        room, p = found
+        if req.all_participants:
+            p.allowed = None
+        else:
+            p.allowed = {
+                tp.participant_sid or tp.participant_identity: (
+                    None if tp.all_tracks else frozenset(tp.track_sids)
+                )
+                for tp in req.track_permissions
+            }
+        self.media.subscriptions_changed(self._sids(room))
+
+    def subscriptions(self, sid: str) -> dict[str, str]:
+        """What participant `sid` should receive now: track sid → publisher sid."""
+        found = self._find(sid)
+        if found is None:
+            return {}
+        room, me = found
+        if not me.permission.can_subscribe:
+            return {}
+        wanted: dict[str, str] = {}
+        for other in room.participants.values():
+            if other is me:
+                continue
+            for track_sid in other.tracks:
+                if me.chosen.get(track_sid, me.auto_subscribe) and other.may_receive(
+                    me, track_sid
+                ):
+                    wanted[track_sid] = other.sid
+        return wanted
+
+    def _notify(self, name: str, *args: object) -> None:
+        """An optional observer method (older observers do not have it)."""
+        method = getattr(self.observer, name, None)
+        if method is not None:
+            method(*args)
+
+    def _sids(self, room: Room) -> list[str]:
+        return [p.sid for p in room.participants.values()]
+
     # -- the RoomService side (Twirp handlers call these through the manager)
 
     def open_room(
@@ -560,6 +732,38 @@ class RoomModel:
 
 def _update(infos: list[models.ParticipantInfo]) -> signal.SignalResponse:
     return signal.SignalResponse(update=signal.ParticipantUpdate(participants=infos))
+
+
+def _published(cid: str, info: models.TrackInfo) -> signal.SignalResponse:
+    return signal.SignalResponse(
+        track_published=signal.TrackPublishedResponse(cid=cid, track=info)
+    )
+
+
+def _track_info(req: signal.AddTrackRequest) -> models.TrackInfo:
+    return models.TrackInfo(
+        sid=ids.new_id(TRACK_PREFIX),
+        type=models.TrackType.AUDIO,
+        name=req.name,
+        muted=req.muted,
+        source=req.source,
+        mime_type="audio/opus",
+        disable_dtx=req.disable_dtx,
+        stereo=req.stereo,
+        stream=req.stream,
+        audio_features=list(req.audio_features),
+    )
+
+
+def _track_view(info: models.TrackInfo) -> TrackView:
+    return TrackView(
+        sid=info.sid,
+        name=info.name,
+        kind="audio",
+        source=int(info.source),
+        muted=bool(info.muted),
+        mime_type=info.mime_type,
+    )
 
 
 def _apply(

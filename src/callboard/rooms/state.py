@@ -70,6 +70,27 @@ class ParticipantEdge(Protocol):
         ...
 
 
+class MediaListener(Protocol):
+    """The media edge, told when who-hears-what may have changed (it asks the model what now)."""
+
+    def subscriptions_changed(self, sids: list[str]) -> None: ...
+
+    def track_muted(self, track_sid: str, muted: bool) -> None: ...
+
+    def track_removed(self, track_sid: str) -> None: ...
+
+
+class NoMedia:
+    def subscriptions_changed(self, sids: list[str]) -> None:
+        pass
+
+    def track_muted(self, track_sid: str, muted: bool) -> None:
+        pass
+
+    def track_removed(self, track_sid: str) -> None:
+        pass
+
+
 def participant_kind(claim: str) -> Kind:
     """The token's `kind` claim as ParticipantInfo.Kind; unknown kinds are standard participants."""
     return _KINDS.get(claim.strip().lower(), Kind.STANDARD)
@@ -107,6 +128,24 @@ class Participant:
     version: int = 1
     last_seen_ms: int = 0
     rate_limit_logged: bool = False
+    auto_subscribe: bool = True
+    tracks: dict[str, models.TrackInfo] = field(default_factory=dict)  # by track sid
+    cids: dict[str, str] = field(default_factory=dict)  # client track id → track sid
+    published_once: bool = False
+    # Manual subscriptions (SignalRequest `subscription`, UpdateSubscriptions): track sid → on/off.
+    chosen: dict[str, bool] = field(default_factory=dict)
+    # Who may subscribe to this participant's tracks (`subscription_permission`): None = everyone;
+    # else subscriber sid or identity → the track sids allowed (None = all of them).
+    allowed: dict[str, frozenset[str] | None] | None = None
+
+    def may_receive(self, subscriber: Participant, track_sid: str) -> bool:
+        if self.allowed is None:
+            return True
+        for who in (subscriber.sid, subscriber.identity):
+            if who in self.allowed:
+                tracks = self.allowed[who]
+                return tracks is None or track_sid in tracks
+        return False
 
     @property
     def hidden(self) -> bool:
@@ -130,7 +169,8 @@ class Participant:
             joined_at_ms=self.joined_at_ms,
             version=self.version,
             permission=self.permission,
-            is_publisher=False,
+            is_publisher=bool(self.tracks),
+            tracks=list(self.tracks.values()),
             kind=self.kind,
             disconnect_reason=disconnect_reason,
             client_protocol=self.client_protocol,

@@ -24,7 +24,13 @@ from livekit.protocol import models
 
 from callboard.protocol import ids
 from callboard.protocol.errors import NotFound
-from callboard.rooms.contract import JoinContext, ParticipantView, RoomObserver, RoomView
+from callboard.rooms.contract import (
+    JoinContext,
+    ParticipantView,
+    RoomObserver,
+    RoomView,
+    TrackView,
+)
 from callboard.rooms.limits import RoomLimits
 from callboard.rooms.model import JoinAttempt, Joined, RoomModel, wall_clock_ms
 from callboard.rooms.null import NullObserver
@@ -76,6 +82,16 @@ class _Shielded:
 
     def participant_left(self, room: RoomView, participant: ParticipantView, reason: str) -> None:
         self._call("participant_left", room, participant, reason)
+
+    def track_published(self, room: RoomView, p: ParticipantView, track: TrackView) -> None:
+        self._optional("track_published", room, p, track)
+
+    def track_unpublished(self, room: RoomView, p: ParticipantView, track: TrackView) -> None:
+        self._optional("track_unpublished", room, p, track)
+
+    def _optional(self, name: str, *args: Any) -> None:
+        if getattr(self._manager.observer, name, None) is not None:
+            self._call(name, *args)
 
     def room_finished(self, room: RoomView, reason: str) -> None:
         log.info("room %s (%s) finished: %s", room.name, room.sid, reason)

@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
 
 from callboard.rooms.state import DataKind
-from callboard.rtc import sdp
+from callboard.rtc import sdp, sections
+from callboard.rtc.relay import ForwardTrack
 
 log = logging.getLogger("callboard.rtc")
 
@@ -41,6 +45,22 @@ class SdpError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+@dataclass
+class Answer:
+    sdp: str
+    candidates: list[str]  # trickle JSON (first answer only)
+    mid_to_track_id: dict[str, str] = field(default_factory=dict)
+    missing: int = 0  # wanted tracks that found no free section: ask the client for more
+
+
+# Called with (mid, client track id, receiver) for each audio section the client sends on.
+OnPublish = Callable[[str, str, RTCRtpReceiver], None]
+
+
+def _no_publish(mid: str, cid: str, receiver: RTCRtpReceiver) -> None:
+    pass
 
 
 class PeerEdge:
@@ -61,27 +81,94 @@ class PeerEdge:
         self._pending: dict[DataKind, list[bytes]] = {kind: [] for kind in DataKind}
         self._lock = asyncio.Lock()
         self._answered = False
+        self.on_publish: OnPublish = _no_publish
+        # Subscriptions: what the participant should receive (track sid → publisher sid), which
+        # offered section carries which (mid → track sid), and each section's forwarding track.
+        self.wanted: dict[str, str] = {}
+        self.assigned: dict[str, str] = {}
+        self.section_tracks: dict[str, ForwardTrack] = {}
+        self.receivable: list[str] = []  # the last offer's receivable audio mids
+        self.sending: dict[str, str] = {}  # the last offer's mid → cid of audio the client sends
         self.pc.on("datachannel", self._on_channel)
         self.pc.on("connectionstatechange", self._on_state)
 
-    async def answer(self, offer_sdp: str) -> tuple[str, list[str]]:
+    async def answer(self, offer_sdp: str) -> Answer:
         """Answer an offer: the SDP without candidates, and the trickle JSON for our candidates
-        (only after the first offer: later offers renegotiate on the same ICE transport)."""
+        (only after the first offer: later offers renegotiate on the same ICE transport).
+        Published audio is handed to `on_publish`; wanted tracks are put on offered sections."""
         if not any(line.startswith("m=") for line in offer_sdp.splitlines()):
             raise SdpError("cannot answer the offer: it has no media sections")
+        offered = sections.media_sections(offer_sdp)
         async with self._lock:
             try:
                 await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+                self._take_published(offered)
+                placement = self._place(offered)
                 await self.pc.setLocalDescription(await self.pc.createAnswer())
             except Exception as exc:  # aiortc raises many types for a bad SDP
                 raise SdpError(f"cannot answer the offer: {exc or type(exc).__name__}") from None
             local = self.pc.localDescription
             stripped, candidates = sdp.split_candidates(local.sdp, self.node_ip)
+            mids = {**placement.assigned}
+            answer = Answer(stripped, [], mids, placement.missing)
             if self._answered:
-                return stripped, []
+                return answer
             self._answered = True
             mid = sdp.first_mid(local.sdp)
-            return stripped, [sdp.trickle_json(c, mid) for c in candidates]
+            answer.candidates = [sdp.trickle_json(c, mid) for c in candidates]
+            return answer
+
+    def _take_published(self, offered: list[sections.MediaSection]) -> None:
+        self.sending = sections.published_audio(offered)
+        for transceiver in self.pc.getTransceivers():
+            cid = self.sending.get(transceiver.mid or "")
+            if cid and transceiver.kind == "audio":
+                self.on_publish(transceiver.mid or "", cid, transceiver.receiver)
+
+    def _place(self, offered: list[sections.MediaSection]) -> sections.Placement:
+        self.receivable = [m for m in sections.receivable_audio(offered) if m not in self.sending]
+        placement = sections.place(self.receivable, self.assigned, self.wanted)
+        by_mid = {t.mid: t for t in self.pc.getTransceivers() if t.mid is not None}
+        for mid in set(self.assigned) - set(placement.assigned):
+            if mid in by_mid:
+                by_mid[mid].direction = "recvonly"  # answers inactive
+        for mid, track_sid in placement.assigned.items():
+            self._attach(by_mid[mid], track_sid)
+        self.assigned = placement.assigned
+        return placement
+
+    def _attach(self, transceiver: RTCRtpTransceiver, track_sid: str) -> None:
+        mid = transceiver.mid or ""
+        track = self.section_tracks.get(mid)
+        if track is None:
+            track = self.section_tracks[mid] = ForwardTrack(track_sid)
+        elif track.id != track_sid:
+            track.retarget(track_sid)
+        transceiver.direction = "sendonly"
+        transceiver.sender._stream_id = f"{self.wanted[track_sid]}|{track_sid}"
+        transceiver.sender.replaceTrack(track)
+
+    def set_wanted(self, wanted: Mapping[str, str]) -> int | None:
+        """What to receive from now on. None: nothing to renegotiate; else how many more
+        sections the client must add (0: the free ones it has will do) before re-offering."""
+        self.wanted = dict(wanted)
+        placed = set(self.assigned.values())
+        for mid, track_sid in list(self.assigned.items()):
+            if track_sid not in self.wanted and mid in self.section_tracks:
+                self.section_tracks[mid].flush()
+        if placed == set(self.wanted):
+            return None
+        kept = [mid for mid, track_sid in self.assigned.items() if track_sid in self.wanted]
+        free = len(self.receivable) - len(kept)
+        return max(0, len(set(self.wanted) - placed) - free)
+
+    def sinks(self) -> dict[str, ForwardTrack]:
+        """track sid → the forwarding track that carries it to this participant now."""
+        return {
+            track_sid: self.section_tracks[mid]
+            for mid, track_sid in self.assigned.items()
+            if track_sid in self.wanted and mid in self.section_tracks
+        }
 
     async def add_candidate(self, candidate_init: str) -> None:
         """A trickled remote candidate; raises sdp.BadCandidate for one that cannot be used."""
@@ -122,6 +209,9 @@ class PeerEdge:
 
     async def close(self) -> None:
         self._channels.clear()
+        for track in self.section_tracks.values():
+            track.stop()
+        self.section_tracks.clear()
         for pending in self._pending.values():
             pending.clear()
         await self.pc.close()

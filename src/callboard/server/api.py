@@ -12,6 +12,7 @@ from aiohttp import web
 
 from callboard.dispatch.model import DispatchRecord, JobRecord, WorkerView
 from callboard.protocol.errors import InvalidArgument, NotFound
+from callboard.server import crosstalk
 from callboard.server.auth import Caller, authenticate, request_token, require
 from callboard.server.hub import Hub
 from callboard.store.base import EventQuery, StoredEvent
@@ -24,7 +25,8 @@ def _caller(request: web.Request) -> tuple[Hub, Caller]:
     return hub, caller
 
 
-def worker_json(view: WorkerView) -> dict[str, Any]:
+def worker_json(view: WorkerView, crosstalk: str = "") -> dict[str, Any]:
+    """`crosstalk` is why the worker's pool has crosstalk ("" = none; server/crosstalk.py)."""
     info = view.info
     return {
         "id": info.worker_id,
@@ -40,6 +42,7 @@ def worker_json(view: WorkerView) -> dict[str, Any]:
         "api_key": info.api_key,
         "developer": info.owner,
         "connected_at_ms": info.connected_at_ms,
+        "crosstalk": crosstalk,
     }
 
 
@@ -81,7 +84,9 @@ async def list_workers(request: web.Request) -> web.Response:
         for v in hub.core.workers(caller.project_id)
         if agent_name is None or v.info.agent_name == agent_name
     ]
-    return web.json_response({"workers": [worker_json(v) for v in views]})
+    marked = crosstalk.marks(request.app["crosstalk"].current(caller.project_id))
+    workers = [worker_json(v, marked.get(v.info.worker_id, "")) for v in views]
+    return web.json_response({"workers": workers})
 
 
 async def get_worker(request: web.Request) -> web.Response:
@@ -89,7 +94,8 @@ async def get_worker(request: web.Request) -> web.Response:
     view = hub.core.worker(request.match_info["worker"])
     if view is None or view.info.project_id != caller.project_id:
         raise NotFound(f"worker {request.match_info['worker']!r} not found")
-    return web.json_response(worker_json(view))
+    marked = crosstalk.marks(request.app["crosstalk"].current(caller.project_id))
+    return web.json_response(worker_json(view, marked.get(view.info.worker_id, "")))
 
 
 async def explain_dispatch(request: web.Request) -> web.Response:

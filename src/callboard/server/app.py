@@ -24,7 +24,17 @@ from callboard import __version__
 from callboard.dispatch.model import Restored
 from callboard.protocol.errors import WS_GOING_AWAY, ApiError
 from callboard.rtc.manager import RoomManager
-from callboard.server import admin, api, observer, rtc_ws
+from callboard.server import (
+    admin,
+    api,
+    crosstalk,
+    metrics,
+    observer,
+    otlp,
+    retention,
+    rtc_ws,
+    usage,
+)
 from callboard.server.agent_ws import handle_agent
 from callboard.server.hub import Hub
 from callboard.server.twirp import MAX_BODY_BYTES, handle_twirp, twirp_error
@@ -77,11 +87,20 @@ def create_app(settings: Settings, store: Store, admin_token: str) -> web.Applic
     app.router.add_routes(api.routes())
     app.router.add_routes(rtc_ws.routes())
     observer.install(app)  # dispatch, event log and webhooks for the rooms
+    _install_isolation(app)
     app.on_startup.append(_resume)
     app.on_startup.append(_start_rooms)
     app.on_shutdown.append(_stop_rooms)
     app.on_shutdown.append(_close_sockets)
     return app
+
+
+def _install_isolation(app: web.Application) -> None:
+    """Crosstalk, usage, agent uploads (OTLP), /metrics and the retention sweep."""
+    for module in (crosstalk, usage, otlp, metrics, retention):  # metrics reads the others
+        module.install(app)
+    for module in (crosstalk, usage, otlp, metrics):
+        app.router.add_routes(module.routes())
 
 
 async def _resume(app: web.Application) -> None:

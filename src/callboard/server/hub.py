@@ -8,6 +8,7 @@ Everything runs on the event loop thread, so the core needs no locks.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -21,6 +22,7 @@ from callboard.dispatch.model import (
     Action,
     CloseWorker,
     Event,
+    JobOffer,
     RecordEvent,
     SaveDispatch,
     SaveJob,
@@ -102,7 +104,7 @@ class Hub:
             case SendAvailabilityRequest():
                 msg = pb.ServerMessage(
                     availability=pb.AvailabilityRequest(
-                        job=convert.job_message(action.offer), resuming=action.resuming
+                        job=self._job_message(action.offer), resuming=action.resuming
                     )
                 )
                 self._send(action.worker_id, msg)
@@ -158,8 +160,14 @@ class Hub:
                 hidden=perms.get("hidden", False),
             )
         )
-        assignment = pb.JobAssignment(job=convert.job_message(offer), token=token, url="")
+        assignment = pb.JobAssignment(job=self._job_message(offer), token=token, url="")
         link.send(pb.ServerMessage(assignment=assignment))
+
+    def _job_message(self, offer: JobOffer) -> pb.Job:
+        """`enable_recording` per `Settings.enable_recording`: agents then upload their logs."""
+        if self.settings.enable_recording and not offer.enable_recording:
+            offer = dataclasses.replace(offer, enable_recording=True)
+        return convert.job_message(offer)
 
     def _log_event(self, event: RecordEvent) -> None:
         fields = " ".join(

@@ -89,6 +89,39 @@ class EventQuery:
     kinds: tuple[str, ...] = field(default_factory=tuple)  # prefixes, e.g. ("job.", "dispatch.")
 
 
+USAGE_FIELDS: tuple[str, ...] = (
+    "dispatches",
+    "agent_sessions",
+    "agent_session_ms",
+    "participant_sessions",
+    "participant_ms",
+)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One project's usage by one owner ("" = production) on one UTC day (YYYY-MM-DD)."""
+
+    project_id: str
+    owner: str
+    day: str
+    dispatches: int = 0
+    agent_sessions: int = 0  # jobs that ended after a worker was assigned
+    agent_session_ms: int = 0  # assigned -> ended, counted on the day the job ended
+    participant_sessions: int = 0  # non-agent joins that left
+    participant_ms: int = 0  # joined -> left, counted on the day the participant left
+
+
+@dataclass(frozen=True)
+class SweepCutoffs:
+    """Retention: rows older than these epoch-ms times go (0 = keep everything of that kind)."""
+
+    events_before_ms: int = 0
+    jobs_before_ms: int = 0  # terminal jobs (with their history) last updated before this
+    dispatches_before_ms: int = 0  # deleted dispatches created before this, and their jobs
+    usage_before_day: str = ""  # usage days before this YYYY-MM-DD
+
+
 class Store(abc.ABC):
     # -- lifecycle
     @abc.abstractmethod
@@ -197,3 +230,28 @@ class Store(abc.ABC):
     # -- events
     @abc.abstractmethod
     def query_events(self, query: EventQuery) -> list[StoredEvent]: ...
+
+    # -- usage, hosts, retention (developer isolation)
+    @abc.abstractmethod
+    def submit_usage(self, project_id: str, owner: str, day: str, **amounts: int) -> None:
+        """Add `amounts` (fields of `UsageRow`) to the day's row, creating it (fire-and-forget)."""
+
+    @abc.abstractmethod
+    def query_usage(self, project_id: str, since_day: str = "") -> list[UsageRow]:
+        """The project's usage rows from `since_day` on (inclusive), by day then owner."""
+
+    @abc.abstractmethod
+    def job_state_counts(self) -> list[tuple[str, str, int]]:
+        """(project_id, state, count) over the jobs table."""
+
+    @abc.abstractmethod
+    async def set_project_hosts(self, project_id: str, role: str, hosts: list[str]) -> None:
+        """Replace the project's hosts of `role` ("production" or "laptop")."""
+
+    @abc.abstractmethod
+    def project_hosts(self, project_id: str) -> dict[str, str]:
+        """host -> role, as the project marked them."""
+
+    @abc.abstractmethod
+    async def sweep_old(self, cutoffs: SweepCutoffs) -> dict[str, int]:
+        """Retention: delete what `cutoffs` says; returns rows deleted per table."""

@@ -158,10 +158,36 @@ def _v3_participant_jobs_and_webhooks(conn: sqlite3.Connection) -> None:
     ])
 
 
+def _v4_usage_and_hosts(conn: sqlite3.Connection) -> None:
+    """Usage per project, developer and UTC day; hosts a project marked as production."""
+    _run(conn, [
+        """CREATE TABLE usage_daily (
+            project_id TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            day TEXT NOT NULL,
+            dispatches INTEGER NOT NULL DEFAULT 0,
+            agent_sessions INTEGER NOT NULL DEFAULT 0,
+            agent_session_ms INTEGER NOT NULL DEFAULT 0,
+            participant_sessions INTEGER NOT NULL DEFAULT 0,
+            participant_ms INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (project_id, owner, day)
+        )""",
+        """CREATE TABLE project_hosts (
+            project_id TEXT NOT NULL,
+            host TEXT NOT NULL,
+            role TEXT NOT NULL,
+            PRIMARY KEY (project_id, host)
+        )""",
+        "CREATE INDEX jobs_updated ON jobs(updated_at_ms)",
+        "CREATE INDEX dispatches_created ON dispatches(created_at_ms)",
+    ])
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     _v1_admin_plane,
     _v2_dispatch_records,
     _v3_participant_jobs_and_webhooks,
+    _v4_usage_and_hosts,
 )
 LATEST: Final = len(MIGRATIONS)
 

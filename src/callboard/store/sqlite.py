@@ -40,7 +40,18 @@ from typing import Any, Final, TypeVar, cast
 from callboard.dispatch.model import DispatchRecord, JobRecord, JobState, RecordEvent
 from callboard.protocol import ids
 from callboard.store import codec, schema
-from callboard.store.base import ApiKey, EventQuery, Project, Room, Store, StoredEvent, Webhook
+from callboard.store.base import (
+    USAGE_FIELDS,
+    ApiKey,
+    EventQuery,
+    Project,
+    Room,
+    Store,
+    StoredEvent,
+    SweepCutoffs,
+    UsageRow,
+    Webhook,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +62,7 @@ MAX_BATCH_OPS: Final = 5000  # bounds one transaction, hence the wait of the bat
 BUSY_TIMEOUT_MS: Final = 5000  # another process (offline `admin --db`) may hold the write lock
 EVENT_QUERY_MAX: Final = 1000
 _LIVE_STATES: Final = tuple(state.value for state in JobState if not state.is_terminal)
+_TERMINAL_STATES: Final = tuple(state.value for state in JobState if state.is_terminal)
 
 
 def _wall_ms() -> int:
@@ -347,7 +359,8 @@ def _insert_project(conn: sqlite3.Connection, project: Project) -> None:
 
 def _delete_project(conn: sqlite3.Connection, project_id: str) -> None:
     # jobs cascade to job_history, projects to api_keys (foreign keys); the rest is explicit.
-    for table in ("events", "jobs", "dispatches", "rooms", "webhooks", "projects"):
+    tables = ("events", "jobs", "dispatches", "rooms", "webhooks", "usage_daily", "project_hosts")
+    for table in (*tables, "projects"):
         conn.execute(f"DELETE FROM {table} WHERE project_id = ?", (project_id,))
 
 
@@ -386,6 +399,44 @@ def _delete_events_before(conn: sqlite3.Connection, before_ms: int) -> int:
     return conn.execute("DELETE FROM events WHERE at_ms < ?", (before_ms,)).rowcount
 
 
+def _sweep(conn: sqlite3.Connection, cutoffs: SweepCutoffs) -> dict[str, int]:
+    """Terminal jobs and deleted dispatches only: what a restart resumes is never swept."""
+    done: dict[str, int] = {}
+    if cutoffs.events_before_ms:
+        done["events"] = _delete_events_before(conn, cutoffs.events_before_ms)
+    if cutoffs.dispatches_before_ms:
+        old = "SELECT dispatch_id FROM dispatches WHERE deleted = 1 AND created_at_ms < ?"
+        params = (cutoffs.dispatches_before_ms,)
+        conn.execute(f"DELETE FROM jobs WHERE dispatch_id IN ({old})", params)
+        done["dispatches"] = conn.execute(
+            "DELETE FROM dispatches WHERE deleted = 1 AND created_at_ms < ?", params
+        ).rowcount
+    if cutoffs.jobs_before_ms:
+        terminal = ", ".join("?" * len(_TERMINAL_STATES))
+        done["jobs"] = conn.execute(
+            f"DELETE FROM jobs WHERE state IN ({terminal}) AND updated_at_ms < ?",
+            (*_TERMINAL_STATES, cutoffs.jobs_before_ms),
+        ).rowcount
+    if cutoffs.usage_before_day:
+        sql = "DELETE FROM usage_daily WHERE day < ?"
+        done["usage"] = conn.execute(sql, (cutoffs.usage_before_day,)).rowcount
+    return done
+
+
+def _set_hosts(conn: sqlite3.Connection, project_id: str, role: str, hosts: list[str]) -> None:
+    conn.execute("DELETE FROM project_hosts WHERE project_id = ? AND role = ?", (project_id, role))
+    conn.executemany(
+        "INSERT OR REPLACE INTO project_hosts (project_id, host, role) VALUES (?, ?, ?)",
+        [(project_id, host, role) for host in hosts],
+    )
+
+
+_UPSERT_USAGE: Final = (
+    f"INSERT INTO usage_daily (project_id, owner, day, {', '.join(USAGE_FIELDS)}) "
+    f"VALUES (?, ?, ?, {', '.join('?' * len(USAGE_FIELDS))}) "
+    "ON CONFLICT (project_id, owner, day) DO UPDATE SET "
+    + ", ".join(f"{f} = {f} + excluded.{f}" for f in USAGE_FIELDS)
+)
 _UPSERT_ROOM: Final = codec.upsert_sql("rooms", codec.ROOM_COLUMNS, ("project_id", "name"))
 _UPSERT_DISPATCH: Final = codec.upsert_sql("dispatches", codec.DISPATCH_COLUMNS, ("dispatch_id",))
 _UPSERT_JOB: Final = codec.upsert_sql("jobs", codec.JOB_COLUMNS, ("job_id",))
@@ -704,6 +755,51 @@ class SqliteStore(Store):
         return await self._write(
             partial(_delete_events_before, before_ms=events_before_ms), "sweep events"
         )
+
+    # -- usage, hosts, retention
+
+    def submit_usage(self, project_id: str, owner: str, day: str, **amounts: int) -> None:
+        unknown = set(amounts) - set(USAGE_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown usage fields {sorted(unknown)}")
+        values = [int(amounts.get(f, 0)) for f in USAGE_FIELDS]
+        label = f"usage {project_id}/{owner or '-'}/{day}"
+        self._submit(_UPSERT_USAGE, (project_id, owner, day, *values), label)
+
+    def query_usage(self, project_id: str, since_day: str = "") -> list[UsageRow]:
+        rows = self._reader.all(
+            "SELECT * FROM usage_daily WHERE project_id = ? AND day >= ? ORDER BY day, owner",
+            (project_id, since_day),
+        )
+        return [
+            UsageRow(
+                project_id=str(r["project_id"]),
+                owner=str(r["owner"]),
+                day=str(r["day"]),
+                **{f: int(r[f]) for f in USAGE_FIELDS},
+            )
+            for r in rows
+        ]
+
+    def job_state_counts(self) -> list[tuple[str, str, int]]:
+        rows = self._reader.all(
+            "SELECT project_id, state, COUNT(*) AS n FROM jobs GROUP BY project_id, state"
+        )
+        return [(str(r["project_id"]), str(r["state"]), int(r["n"])) for r in rows]
+
+    async def set_project_hosts(self, project_id: str, role: str, hosts: list[str]) -> None:
+        work = partial(_set_hosts, project_id=project_id, role=role, hosts=hosts)
+        await self._write(work, f"hosts of {project_id}")
+
+    def project_hosts(self, project_id: str) -> dict[str, str]:
+        rows = self._reader.all(
+            "SELECT host, role FROM project_hosts WHERE project_id = ?", (project_id,)
+        )
+        return {str(r["host"]): str(r["role"]) for r in rows}
+
+    async def sweep_old(self, cutoffs: SweepCutoffs) -> dict[str, int]:
+        result: dict[str, int] = await self._write(partial(_sweep, cutoffs=cutoffs), "sweep")
+        return result
 
     @property
     def _reader(self) -> _Reader:
