@@ -52,6 +52,7 @@ from callboard.dispatch.model import (
     JobType,
     ParticipantJoined,
     ParticipantRef,
+    PublisherJoined,
     Restored,
     RoomClosed,
     SendAssignment,
@@ -156,7 +157,9 @@ class Dispatcher:
             case RoomClosed():
                 self._on_room_closed(event)
             case ParticipantJoined():
-                self._on_participant_joined(event)
+                self._on_participant_joined(event, JobType.PARTICIPANT)
+            case PublisherJoined():
+                self._on_participant_joined(event, JobType.PUBLISHER)
             case AvailabilityAnswered():
                 self._on_answer(event)
             case JobStatusReported():
@@ -344,34 +347,46 @@ class Dispatcher:
         for record in self.dispatches(event.project_id, event.room_name):
             self._delete(self._dispatches[record.spec.dispatch_id], why, event.now_ms)
 
-    def _on_participant_joined(self, event: ParticipantJoined) -> None:
+    def _on_participant_joined(
+        self, event: ParticipantJoined | PublisherJoined, job_type: JobType
+    ) -> None:
+        """A participant joined (JT_PARTICIPANT) or first published (JT_PUBLISHER)."""
         for record in self.dispatches(event.project_id, event.room_name):
             dispatch = self._dispatches[record.spec.dispatch_id]
-            if self._wants_participant_job(dispatch, event.participant.identity):
-                self._participant_job(dispatch, event.participant, event.now_ms)
+            if self._wants_participant_job(dispatch, event.participant.identity, job_type):
+                self._participant_job(dispatch, event.participant, event.now_ms, job_type)
 
-    def _wants_participant_job(self, dispatch: DispatchEntry, identity: str) -> bool:
-        """JT_PARTICIPANT workers exist for it (or it is a PARTICIPANT dispatch), and the
-        participant has no live job of it yet: a rejoin does not bring a second agent."""
+    def _wants_participant_job(
+        self, dispatch: DispatchEntry, identity: str, job_type: JobType = JobType.PARTICIPANT
+    ) -> bool:
+        """Workers of that job type exist for it (or it is a dispatch of that type), and the
+        participant has no live job of it and that type yet: a rejoin (or a republish) does not
+        bring a second agent."""
         spec = dispatch.spec
-        key = _job_key(spec, JobType.PARTICIPANT)
-        if key not in self._pools and spec.job_type is not JobType.PARTICIPANT:
+        key = _job_key(spec, job_type)
+        if key not in self._pools and spec.job_type is not job_type:
             return False
         return not any(
             j.rec.participant is not None
             and j.rec.participant.identity == identity
+            and j.rec.job_type is job_type
             and not j.rec.state.is_terminal
             for j in self._jobs_of(dispatch)
         )
 
     def _participant_job(
-        self, dispatch: DispatchEntry, participant: ParticipantRef, now: int
+        self,
+        dispatch: DispatchEntry,
+        participant: ParticipantRef,
+        now: int,
+        job_type: JobType = JobType.PARTICIPANT,
     ) -> None:
-        job = self._new_job(dispatch, now, 1, JobType.PARTICIPANT, participant)
+        job = self._new_job(dispatch, now, 1, job_type, participant)
+        what = "participant" if job_type is JobType.PARTICIPANT else "publisher"
         detail = {"job": job.job_id, "participant": participant.identity}
-        self._trace(job, now, "participant_job", detail)
-        message = f"participant job for {participant.identity} ({participant.sid})"
-        self._job_event("dispatch.participant_job", job, message, now)
+        self._trace(job, now, f"{what}_job", detail)
+        message = f"{what} job for {participant.identity} ({participant.sid})"
+        self._job_event(f"dispatch.{what}_job", job, message, now)
         self._try_offer(job, now)
 
     def _delete(self, dispatch: DispatchEntry, why: str, now: int) -> None:

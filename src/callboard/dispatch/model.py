@@ -232,6 +232,18 @@ class ParticipantJoined:
 
 
 @dataclass(frozen=True)
+class PublisherJoined:
+    """A non-agent participant published its first track: each live dispatch of the room whose
+    agent has JT_PUBLISHER workers registered (or that is itself a PUBLISHER dispatch) gets a job
+    for it (LiveKit's JT_PUBLISHER)."""
+
+    project_id: str
+    room_name: str
+    participant: ParticipantRef
+    now_ms: int
+
+
+@dataclass(frozen=True)
 class AvailabilityAnswered:
     worker_id: str
     job_id: str
@@ -284,6 +296,7 @@ Event = (
     | DispatchDeleted
     | RoomClosed
     | ParticipantJoined
+    | PublisherJoined
     | AvailabilityAnswered
     | JobStatusReported
     | JobsMigrated

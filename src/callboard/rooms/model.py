@@ -15,6 +15,12 @@ Theory of operation
   participants silent for longer than the ping timeout. The caller decides how often to tick.
 - The store is read by the caller and passed in (`JoinAttempt.stored`); when a join creates a
   room, the record to save comes back in `Joined.store_room`. The model never writes.
+- Audio tracks: `add_track` is answered `track_published` (TrackInfo `TR_…`, shown to everyone
+  in ParticipantUpdates) or refused with a `request_response` (no canPublish, not audio, over the
+  per-participant limit); the connection stays. Who hears which track is computed on demand
+  (`subscriptions`: auto-subscribe unless the client turned it off, manual choices, the
+  publisher's `subscription_permission`); whenever that may change, the `media` listener (the
+  WebRTC edge) is told which participants to re-check.
 - Data channels have no error reply: bad, oversized, unauthorised or excess packets are dropped
   and counted in `counters` (`data.dropped.<reason>`), never answered.
 """
@@ -458,7 +464,8 @@ class RoomModel:
             return UNSUPPORTED_TYPE, f"callboard relays audio only; {kind} tracks are refused"
         allowed = p.permission.can_publish_sources
         if allowed and req.source not in allowed:
-            return NOT_ALLOWED, f"token does not allow publishing {models.TrackSource.Name(req.source)}"
+            source = models.TrackSource.Name(req.source)
+            return NOT_ALLOWED, f"token does not allow publishing {source}"
         if len(p.tracks) >= self.limits.max_tracks_per_participant:
             limit = self.limits.max_tracks_per_participant
             return LIMIT_EXCEEDED, f"at most {limit} published tracks per participant"
@@ -526,6 +533,21 @@ class RoomModel:
                 return bool(p.tracks[track_sid].muted)
         return False
 
+    def room_members(self, sid: str) -> list[str]:
+        """The sids of everyone in participant `sid`'s room (empty if it is gone)."""
+        found = self._find(sid)
+        return self._sids(found[0]) if found else []
+
+    def has_track(self, track_sid: str) -> bool:
+        return any(track_sid in p.tracks for _room, p in self._members.values())
+
+    def publisher_of(self, project_id: str, room_name: str, track_sid: str) -> str:
+        """The sid of the participant publishing `track_sid` in the room (NotFound if none)."""
+        for p in self._room(project_id, room_name).participants.values():
+            if track_sid in p.tracks:
+                return p.sid
+        raise NotFound(f"track {track_sid!r} not found in room {room_name!r}")
+
     def update_subscription(self, sid: str, req: signal.UpdateSubscription) -> None:
         """Manual subscribe / unsubscribe (overrides auto-subscribe for those tracks)."""
         found = self._find(sid)
@@ -568,9 +590,7 @@ class RoomModel:
             if other is me:
                 continue
             for track_sid in other.tracks:
-                if me.chosen.get(track_sid, me.auto_subscribe) and other.may_receive(
-                    me, track_sid
-                ):
+                if me.chosen.get(track_sid, me.auto_subscribe) and other.may_receive(me, track_sid):
                     wanted[track_sid] = other.sid
         return wanted
 
@@ -646,6 +666,24 @@ class RoomModel:
             p.permission.CopyFrom(permission)
         self._announce_change(room, p)
         return p.info()
+
+    def mute_published_track(
+        self, project_id: str, room_name: str, identity: str, track_sid: str, muted: bool
+    ) -> models.TrackInfo:
+        """MutePublishedTrack: the publisher is told (`mute`), everyone sees it, audio stops."""
+        _room, p = self._participant(project_id, room_name, identity)
+        if not self.set_muted(p.sid, track_sid, muted, by_server=True):
+            raise NotFound(f"track {track_sid!r} not found for participant {identity!r}")
+        info = models.TrackInfo()
+        info.CopyFrom(p.tracks[track_sid])
+        return info
+
+    def update_subscriptions(
+        self, project_id: str, room_name: str, identity: str, req: signal.UpdateSubscription
+    ) -> None:
+        """UpdateSubscriptions: as if the participant had sent `subscription` itself."""
+        _room, p = self._participant(project_id, room_name, identity)
+        self.update_subscription(p.sid, req)
 
     def send_data(
         self,
@@ -735,9 +773,7 @@ def _update(infos: list[models.ParticipantInfo]) -> signal.SignalResponse:
 
 
 def _published(cid: str, info: models.TrackInfo) -> signal.SignalResponse:
-    return signal.SignalResponse(
-        track_published=signal.TrackPublishedResponse(cid=cid, track=info)
-    )
+    return signal.SignalResponse(track_published=signal.TrackPublishedResponse(cid=cid, track=info))
 
 
 def _track_info(req: signal.AddTrackRequest) -> models.TrackInfo:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCIceServer
 from livekit.protocol import models
+from livekit.protocol import rtc as pb
 
 from callboard.protocol import ids
 from callboard.protocol.errors import NotFound
@@ -36,6 +37,7 @@ from callboard.rooms.model import JoinAttempt, Joined, RoomModel, wall_clock_ms
 from callboard.rooms.null import NullObserver
 from callboard.rooms.state import DataKind, ParticipantEdge
 from callboard.rtc import ice
+from callboard.rtc.media import MediaRouter
 from callboard.rtc.peer import PeerEdge
 from callboard.rtc.signal import SignalSettings
 from callboard.settings import Settings
@@ -126,6 +128,8 @@ class RoomManager:
             node_id=node_id or ids.new_id("ND_"),
             ice_servers=tuple(ice.for_clients(self.ice_servers)),
         )
+        self.media = MediaRouter(self)
+        self.model.media = self.media
         self.sessions: dict[str, RtcSession] = {}  # by participant sid
         self.peers: set[PeerEdge] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -161,6 +165,7 @@ class RoomManager:
             await asyncio.sleep(TICK_INTERVAL_S)
             try:
                 self.model.tick(self.model.clock_ms())
+                self.media.tick()
             except Exception:
                 log.exception("room timers failed")
 
@@ -215,6 +220,8 @@ class RoomManager:
             "sessions": len(self.sessions),
             "peer_connections": len(self.peers),
             "tasks": len(self.tasks),
+            "forward_tracks": sum(len(p.section_tracks) for p in self.peers),
+            **self.media.stats(),
         }
         counts.update(self.model.counters)
         return counts
@@ -260,6 +267,16 @@ class RoomManager:
             attributes=attributes,
             permission=permission,
         )
+
+    def mute_published_track(
+        self, project_id: str, room: str, identity: str, track_sid: str, muted: bool
+    ) -> models.TrackInfo:
+        return self.model.mute_published_track(project_id, room, identity, track_sid, muted)
+
+    def update_subscriptions(
+        self, project_id: str, room: str, identity: str, req: pb.UpdateSubscription
+    ) -> None:
+        self.model.update_subscriptions(project_id, room, identity, req)
 
     def send_data(
         self,

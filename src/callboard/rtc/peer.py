@@ -63,6 +63,14 @@ def _no_publish(mid: str, cid: str, receiver: RTCRtpReceiver) -> None:
     pass
 
 
+def _release(transceiver: RTCRtpTransceiver) -> None:
+    """Answer the section inactive, under an msid of its own (a client refuses an SDP where two
+    sections share one, and the track it carried may now sit on another section)."""
+    transceiver.direction = "recvonly"  # and the client's recvonly: inactive
+    transceiver.sender._stream_id = f"-{transceiver.mid}"
+    transceiver.sender._track_id = f"free-{transceiver.mid}"
+
+
 class PeerEdge:
     def __init__(
         self,
@@ -88,6 +96,9 @@ class PeerEdge:
         self.assigned: dict[str, str] = {}
         self.section_tracks: dict[str, ForwardTrack] = {}
         self.receivable: list[str] = []  # the last offer's receivable audio mids
+        # Sections whose track is no longer wanted: answered inactive once before being reused,
+        # so the client sees the track end (and a new one start if the same track comes back).
+        self.released: set[str] = set()
         self.sending: dict[str, str] = {}  # the last offer's mid → cid of audio the client sends
         self.pc.on("datachannel", self._on_channel)
         self.pc.on("connectionstatechange", self._on_state)
@@ -127,11 +138,13 @@ class PeerEdge:
 
     def _place(self, offered: list[sections.MediaSection]) -> sections.Placement:
         self.receivable = [m for m in sections.receivable_audio(offered) if m not in self.sending]
-        placement = sections.place(self.receivable, self.assigned, self.wanted)
+        usable = [m for m in self.receivable if m not in self.released]
+        placement = sections.place(usable, self.assigned, self.wanted)
         by_mid = {t.mid: t for t in self.pc.getTransceivers() if t.mid is not None}
-        for mid in set(self.assigned) - set(placement.assigned):
+        for mid in (set(self.assigned) | self.released) - set(placement.assigned):
             if mid in by_mid:
-                by_mid[mid].direction = "recvonly"  # answers inactive
+                _release(by_mid[mid])
+        self.released.clear()
         for mid, track_sid in placement.assigned.items():
             self._attach(by_mid[mid], track_sid)
         self.assigned = placement.assigned
@@ -152,14 +165,16 @@ class PeerEdge:
         """What to receive from now on. None: nothing to renegotiate; else how many more
         sections the client must add (0: the free ones it has will do) before re-offering."""
         self.wanted = dict(wanted)
-        placed = set(self.assigned.values())
         for mid, track_sid in list(self.assigned.items()):
-            if track_sid not in self.wanted and mid in self.section_tracks:
-                self.section_tracks[mid].flush()
-        if placed == set(self.wanted):
+            if track_sid not in self.wanted:
+                del self.assigned[mid]
+                self.released.add(mid)
+                if mid in self.section_tracks:
+                    self.section_tracks[mid].flush()
+        placed = set(self.assigned.values())
+        if placed == set(self.wanted) and not self.released:
             return None
-        kept = [mid for mid, track_sid in self.assigned.items() if track_sid in self.wanted]
-        free = len(self.receivable) - len(kept)
+        free = len(self.receivable) - len(self.assigned) - len(self.released)
         return max(0, len(set(self.wanted) - placed) - free)
 
     def sinks(self) -> dict[str, ForwardTrack]:

@@ -4,6 +4,13 @@ Order on the wire (livekit-wire §10): `join` (JoinResponse) → `answer` to the
 our ICE candidates as `trickle` → then whatever comes: client trickle, `ping_req` → `pong_resp`,
 `update_metadata` → `request_response`, re-offers → answers, `leave` either way.
 
+Audio (livekit-wire §10): `add_track` → the model answers `track_published` (or a
+`request_response` refusal); the client re-offers with a sendonly section, whose mid → cid the
+peer reads from the SDP and whose receiver is relayed without decoding (media.py, relay.py). A
+section the client stops sending on is an unpublish. What the participant should hear comes from
+the model (`sync_subscriptions`); when that needs sections the last answer did not settle, the
+client is sent `media_sections_requirement` and re-offers.
+
 The session is the participant's `ParticipantEdge`. Messages to the client go through one
 outbox drained by one sender task, so they keep their order and the model never waits on a
 socket. Whatever ends the session (client leave, socket closed, protocol error, kick, ping
@@ -19,6 +26,7 @@ import logging
 import time
 
 from aiohttp import WSMsgType, web
+from aiortc import RTCRtpReceiver
 from google.protobuf.message import DecodeError
 from livekit.protocol import models
 from livekit.protocol import rtc as pb
@@ -29,7 +37,7 @@ from callboard.rooms.model import JoinAttempt
 from callboard.rooms.state import DataKind
 from callboard.rtc import signal
 from callboard.rtc.manager import RoomManager
-from callboard.rtc.peer import SdpError
+from callboard.rtc.peer import Answer, SdpError
 from callboard.rtc.sdp import BadCandidate
 
 log = logging.getLogger("callboard.rtc")
@@ -42,8 +50,8 @@ MAX_OUTBOX = 4096
 # How long a closing session lets its sender flush (the final leave) before cancelling it.
 SENDER_DRAIN_S = 2.0
 _IGNORED = frozenset(
-    {"subscription", "track_setting", "mute", "update_layers", "subscription_permission",
-     "sync_state", "simulate", "update_audio_track", "update_video_track", "answer"}
+    {"track_setting", "update_layers", "sync_state", "simulate", "update_audio_track",
+     "update_video_track", "answer"}
 )  # fmt: skip
 
 
@@ -67,6 +75,8 @@ class RtcSession:
         self.remote = remote
         self.sid = ""
         self.peer = manager.new_peer(self._on_data, self._on_connected)
+        self.peer.on_publish = self._on_publish
+        self._published: dict[str, str] = {}  # mid → track sid of audio this client sends
         self._outbox: asyncio.Queue[pb.SignalResponse | None] = asyncio.Queue()
         self._in_room = False
         self._close: tuple[int, str] | None = None
@@ -126,7 +136,7 @@ class RtcSession:
     async def _start(self) -> bool:
         """Answer the offer first (a bad SDP joins nothing), then join, then tell the client."""
         offer = self.request.publisher_offer
-        answer: tuple[str, list[str]] | None = None
+        answer: Answer | None = None
         if offer.sdp:
             try:
                 answer = await self.peer.answer(offer.sdp)
@@ -146,6 +156,7 @@ class RtcSession:
         )
         if answer is not None:
             self._send_answer(answer, offer.id)
+        self.sync_subscriptions(self.manager.model.subscriptions(self.sid))
         return True
 
     def _refuse(self, reason: str) -> bool:
@@ -154,11 +165,51 @@ class RtcSession:
         self.close(WS_NORMAL, reason)
         return False
 
-    def _send_answer(self, answer: tuple[str, list[str]], offer_id: int) -> None:
-        sdp, candidates = answer
-        self.send_signal(signal.answer(sdp, offer_id))
-        for candidate in candidates:
+    def _send_answer(self, answer: Answer, offer_id: int) -> None:
+        msg = signal.answer(answer.sdp, offer_id)
+        mids = {**answer.mid_to_track_id, **self._published}
+        msg.answer.mid_to_track_id.update(mids)
+        self.send_signal(msg)
+        for candidate in answer.candidates:
             self.send_signal(signal.trickle(candidate))
+        self.manager.media.wire(self.sid, self.peer.sinks())
+        if answer.missing:
+            self._ask_for_sections(answer.missing)
+
+    # -- audio
+
+    def sync_subscriptions(self, wanted: dict[str, str]) -> None:
+        """The model says what this participant should receive now; renegotiate if needed."""
+        if self._close is not None:
+            return
+        more = self.peer.set_wanted(wanted)
+        self.manager.media.wire(self.sid, self.peer.sinks())
+        if more is not None and self._in_room:
+            self._ask_for_sections(more)
+
+    def _ask_for_sections(self, num_audios: int) -> None:
+        """media_sections_requirement: the client adds that many recvonly audio sections (0 is
+        fine) and re-offers; the answer puts the wanted tracks on them."""
+        requirement = pb.MediaSectionsRequirement(num_audios=num_audios)
+        self.send_signal(pb.SignalResponse(media_sections_requirement=requirement))
+
+    def _on_publish(self, mid: str, cid: str, receiver: RTCRtpReceiver) -> None:
+        track_sid = self.manager.model.track_sid_for(self.sid, cid)
+        if not track_sid:
+            log.warning("%s sends audio %r it never announced with add_track", self.identity, cid)
+            return
+        if self._published.get(mid) != track_sid and self.manager.media.publish(
+            track_sid, receiver, self.sid
+        ):
+            self._published[mid] = track_sid
+
+    def _check_unpublished(self) -> None:
+        """A track whose section the client no longer sends on was unpublished."""
+        sending = set(self.peer.sending)
+        for mid, track_sid in list(self._published.items()):
+            if mid not in sending:
+                del self._published[mid]
+                self.manager.model.unpublish(self.sid, track_sid)
 
     async def _receive_loop(self) -> None:
         async for msg in self.ws:
@@ -198,7 +249,15 @@ class RtcSession:
         elif kind == "update_metadata":
             self.manager.model.update_own_metadata(self.sid, request.update_metadata)
         elif kind == "add_track":
-            log.info("%s asked to publish a track: not supported yet (data only)", self.identity)
+            self.manager.model.add_track(self.sid, request.add_track)
+        elif kind == "mute":
+            self.manager.model.set_muted(self.sid, request.mute.sid, request.mute.muted)
+        elif kind == "subscription":
+            self.manager.model.update_subscription(self.sid, request.subscription)
+        elif kind == "subscription_permission":
+            self.manager.model.set_subscription_permission(
+                self.sid, request.subscription_permission
+            )
         elif kind not in _IGNORED:
             log.debug("ignoring %s from %s", kind, self.identity)
         return True
@@ -220,6 +279,7 @@ class RtcSession:
             self.send_signal(signal.leave(Reason.STATE_MISMATCH))
             self.close(WS_NORMAL, exc.reason)
             return
+        self._check_unpublished()
         self._send_answer(answer, offer.id)
 
     def _leave_room(self, reason: models.DisconnectReason) -> None:

@@ -46,6 +46,7 @@ from callboard.dispatch.model import (
     JobState,
     ParticipantJoined,
     ParticipantRef,
+    PublisherJoined,
     RecordEvent,
     RoomClosed,
     RoomRef,
@@ -54,7 +55,13 @@ from callboard.dispatch.model import (
 from callboard.protocol import convert
 from callboard.protocol.errors import InvalidArgument, NotFound
 from callboard.protocol.tokens import JobClaim
-from callboard.rooms.contract import JoinContext, JoinRefused, ParticipantView, RoomView
+from callboard.rooms.contract import (
+    JoinContext,
+    JoinRefused,
+    ParticipantView,
+    RoomView,
+    TrackView,
+)
 from callboard.server import services, webhooks
 from callboard.server.auth import Caller
 from callboard.server.hub import Hub
@@ -209,6 +216,33 @@ class RoomEvents:
         self._record_participant(room, participant, "participant.left", message)
         info = convert.participant_view_info(participant, reason)
         self._emit(room, whpb.WebhookEvent(event=webhooks.PARTICIPANT_LEFT, participant=info))
+
+    def track_published(self, room: RoomView, p: ParticipantView, track: TrackView) -> None:
+        """Webhook and event-log line; a non-agent's publish may start JT_PUBLISHER jobs (the
+        core starts at most one live job per participant and dispatch)."""
+        self._track_event(room, p, track, webhooks.TRACK_PUBLISHED, "published")
+        if p.kind != AGENT:
+            ref = _participant_ref(p)
+            self.hub.feed(PublisherJoined(room.project_id, room.name, ref, self.hub.clock_ms()))
+
+    def track_unpublished(self, room: RoomView, p: ParticipantView, track: TrackView) -> None:
+        self._track_event(room, p, track, webhooks.TRACK_UNPUBLISHED, "unpublished")
+
+    def _track_event(
+        self, room: RoomView, p: ParticipantView, track: TrackView, kind: str, verb: str
+    ) -> None:
+        message = f"{_who(p)} {verb} audio track {track.name!r} ({track.sid})"
+        self._record_participant(room, p, f"track.{verb}", message)
+        info = models.TrackInfo(
+            sid=track.sid,
+            type=models.TrackType.AUDIO,
+            name=track.name,
+            muted=track.muted,
+            source=track.source,  # type: ignore[arg-type]
+            mime_type=track.mime_type,
+        )
+        participant = convert.participant_view_info(p)
+        self._emit(room, whpb.WebhookEvent(event=kind, participant=participant, track=info))
 
     def room_finished(self, room: RoomView, reason: str) -> None:
         self.hub.feed(RoomClosed(room.project_id, room.name, reason, self.hub.clock_ms()))

@@ -132,6 +132,7 @@ def _admit(request: web.Request, *, need_join_request: bool) -> Admission:
         room_name=room,
         stored=manager.store.get_room(caller.project_id, room),
         client_protocol=join.client_info.client_protocol if join else 0,
+        auto_subscribe=_auto_subscribe(join),
     )
     try:
         manager.model.check(attempt)
@@ -168,3 +169,10 @@ def _join_request(request: web.Request, needed: bool) -> pb.JoinRequest | None:
 def _refuse(request: web.Request, refusal: Refusal) -> web.Response:
     log.warning("%s refused from %s: %s", request.path, request.remote, refusal.reason)
     return web.Response(status=refusal.status, text=refusal.reason + "\n")
+
+
+def _auto_subscribe(join: pb.JoinRequest | None) -> bool:
+    """LiveKit subscribes automatically unless the client's connection settings say not to."""
+    if join is None or not join.HasField("connection_settings"):
+        return True
+    return bool(join.connection_settings.auto_subscribe)

@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from livekit.protocol import agent_dispatch as dpb
 from livekit.protocol import room as rpb
+from livekit.protocol.rtc import UpdateSubscription
 
 from callboard.protocol import convert
 from callboard.protocol.errors import ApiError, InvalidArgument
@@ -187,6 +188,29 @@ async def update_participant(
     )
 
 
+async def mute_published_track(api: Api, caller: Caller, req: rpb.MuteRoomTrackRequest) -> Message:
+    """The publisher is told to mute (or unmute), subscribers see it, the relay stops at once."""
+    require(caller, "room_admin", room=req.room)
+    track = api.rooms.mute_published_track(
+        caller.project_id, req.room, req.identity, req.track_sid, req.muted
+    )
+    return rpb.MuteRoomTrackResponse(track=track)
+
+
+async def update_subscriptions(
+    api: Api, caller: Caller, req: rpb.UpdateSubscriptionsRequest
+) -> Message:
+    """Subscribe or unsubscribe a participant as if it had asked itself."""
+    require(caller, "room_admin", room=req.room)
+    update = UpdateSubscription(
+        track_sids=list(req.track_sids),
+        subscribe=req.subscribe,
+        participant_tracks=list(req.participant_tracks),
+    )
+    api.rooms.update_subscriptions(caller.project_id, req.room, req.identity, update)
+    return rpb.UpdateSubscriptionsResponse()
+
+
 async def send_data(api: Api, caller: Caller, req: rpb.SendDataRequest) -> Message:
     """Data from the server to everyone, or to `destination_identities` (or the deprecated
     `destination_sids`); identities not in the room are skipped, like LiveKit."""
@@ -233,6 +257,10 @@ METHODS: dict[tuple[str, str], Method] = {
         rpb.UpdateParticipantRequest, update_participant
     ),
     ("RoomService", "SendData"): Method(rpb.SendDataRequest, send_data),
+    ("RoomService", "MutePublishedTrack"): Method(rpb.MuteRoomTrackRequest, mute_published_track),
+    ("RoomService", "UpdateSubscriptions"): Method(
+        rpb.UpdateSubscriptionsRequest, update_subscriptions
+    ),
 }
 
 

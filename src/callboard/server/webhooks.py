@@ -60,6 +60,8 @@ ROOM_STARTED = "room_started"
 ROOM_FINISHED = "room_finished"
 PARTICIPANT_JOINED = "participant_joined"
 PARTICIPANT_LEFT = "participant_left"
+TRACK_PUBLISHED = "track_published"
+TRACK_UNPUBLISHED = "track_unpublished"
 AGENT_JOB_STARTED = "agent_job_started"
 AGENT_JOB_ENDED = "agent_job_ended"
 
