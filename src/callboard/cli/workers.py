@@ -9,10 +9,14 @@ import click
 
 from callboard.cli.client import Api, run, segment
 from callboard.cli.credentials import Credentials, pass_credentials
-from callboard.cli.output import ago, emit_json, fields, json_option, table, when
+from callboard.cli.output import ago, emit_json, fields, json_option, table, warn, when
 
 COLUMNS = ["id", "agent name", "developer", "version", "load", "status", "jobs", "address",
            "connected since"]
+CROSSTALK_FIX = (
+    "give each developer a key of their own (callboard admin keys add PROJECT "
+    "--developer NAME): their workers then get only their own dispatches"
+)
 
 
 def _since(ms: int, now_ms: int) -> str:
@@ -21,7 +25,8 @@ def _since(ms: int, now_ms: int) -> str:
 
 def _row(w: dict[str, Any], now_ms: int) -> list[Any]:
     return [w["id"], w.get("agent_name") or "(unnamed)", w.get("developer") or "production",
-            w.get("version", ""), f"{float(w.get('load', 0)):.2f}", w.get("status", ""),
+            w.get("version", ""), f"{float(w.get('load', 0)):.2f}",
+            w.get("status", "") + (" CROSSTALK" if w.get("crosstalk") else ""),
             len(w.get("jobs", [])), w.get("remote", ""),
             _since(w.get("connected_at_ms", 0), now_ms)]
 
@@ -49,6 +54,9 @@ def workers_list(creds: Credentials, agent_name: str | None, as_json: bool) -> N
     now_ms = int(time.time() * 1000)
     title = f"workers for {agent_name!r}" if agent_name is not None else "workers"
     table(title, COLUMNS, [_row(w, now_ms) for w in found])
+    reasons = sorted({w["crosstalk"] for w in found if w.get("crosstalk")})
+    for why in reasons:
+        warn(f"crosstalk: {why}; {CROSSTALK_FIX}")
 
 
 @workers.command("show")
@@ -79,5 +87,6 @@ def workers_show(creds: Credentials, worker_id: str, as_json: bool) -> None:
         ("jobs", "\n".join(w.get("jobs", [])) or "none"),
         ("reported job count", w.get("reported_job_count", 0)),
         ("address", w.get("remote", "")),
+        ("crosstalk", f"{w['crosstalk']}; {CROSSTALK_FIX}" if w.get("crosstalk") else "none"),
         ("connected since", _since(w.get("connected_at_ms", 0), now_ms)),
     ])
