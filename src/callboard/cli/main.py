@@ -10,14 +10,17 @@ import click
 
 from callboard import __version__
 from callboard.cli.admin import admin
+from callboard.cli.admin_hosts import project_hosts as _hosts  # noqa: F401  (admin project hosts)
 from callboard.cli.admin_webhooks import webhooks as _webhooks  # noqa: F401  (admin webhooks)
 from callboard.cli.call import call
 from callboard.cli.dispatch import dispatch
 from callboard.cli.env import env
 from callboard.cli.logs import logs
+from callboard.cli.perf import perf
 from callboard.cli.project import project
 from callboard.cli.room import room
 from callboard.cli.token import token
+from callboard.cli.usage import usage
 from callboard.cli.workers import workers
 from callboard.settings import load_settings
 
@@ -30,7 +33,8 @@ def cli() -> None:
     Start a dev server with `callboard server --dev`, then point livekit-agents workers at it with
     LIVEKIT_URL=ws://127.0.0.1:7880 LIVEKIT_API_KEY=devkey LIVEKIT_API_SECRET=secret.
 
-    The client commands (token, dispatch, room, workers, logs) take credentials like `lk`:
+    The client commands (token, dispatch, room, workers, logs, env, call, perf) take credentials
+    like `lk`:
     --project NAME, else --url/--api-key/--api-secret or $CALLBOARD_* / $LIVEKIT_*, else --dev,
     else the default project of ~/.livekit/cli-config.yaml (see `callboard project`).
 
@@ -76,8 +80,9 @@ def server(host: str | None, port: int | None, db: str | None, dev: bool | None,
         raise click.ClickException(f"cannot start: {exc}") from None
 
 
-for command in (project, token, dispatch, room, workers, logs, admin, env, call):
+for command in (project, token, dispatch, room, workers, logs, admin, env, call, perf):
     cli.add_command(command)
+cli.add_command(usage)
 
 
 def main() -> None:
