@@ -123,8 +123,9 @@ def agent_dispatch(record: DispatchRecord, jobs: list[JobRecord]) -> dpb.AgentDi
     )
 
 
-def room_message(room: Room) -> models.Room:
-    return models.Room(
+def room_message(room: Room | RoomView) -> models.Room:
+    """A room as RoomService and webhooks show it: a stored room, or a live one with its count."""
+    msg = models.Room(
         sid=room.sid,
         name=room.name,
         empty_timeout=room.empty_timeout_s,
@@ -134,21 +135,9 @@ def room_message(room: Room) -> models.Room:
         creation_time_ms=room.created_at_ms,
         metadata=room.metadata,
     )
-
-
-def room_info(room: RoomView) -> models.Room:
-    """A live room as RoomService and webhooks show it."""
-    return models.Room(
-        sid=room.sid,
-        name=room.name,
-        empty_timeout=room.empty_timeout_s,
-        departure_timeout=room.departure_timeout_s,
-        max_participants=room.max_participants,
-        creation_time=room.created_at_ms // 1000,
-        creation_time_ms=room.created_at_ms,
-        metadata=room.metadata,
-        num_participants=room.num_participants,
-    )
+    if isinstance(room, RoomView):
+        msg.num_participants = room.num_participants
+    return msg
 
 
 _STATES = {name.lower(): value for name, value in models.ParticipantInfo.State.items()}

@@ -14,11 +14,13 @@ import logging
 import os
 import secrets
 import signal
+import warnings
 import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from jwt.warnings import InsecureKeyLengthWarning
 
 from callboard import __version__
 from callboard.dispatch.model import Restored
@@ -184,6 +186,9 @@ async def serve(settings: Settings, *, ready: Callable[[str], None] = print) -> 
     await store.open()
     try:
         if settings.dev:
+            # LiveKit's dev secret "secret" is 6 bytes; kept for compatibility, so PyJWT's
+            # short-key warning would repeat for every token without telling anyone anything.
+            warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
             await ensure_dev_project(store)
         admin_token, fresh = admin_token_for(settings)
         app = create_app(settings, store, admin_token)

@@ -316,7 +316,7 @@ class RoomEvents:
     def _emit(self, room: RoomView, event: whpb.WebhookEvent) -> None:
         if self.sink is None:
             return
-        event.room.CopyFrom(convert.room_info(room))
+        event.room.CopyFrom(convert.room_message(room))
         self.sink.emit(room.project_id, room.name, event)
 
 

@@ -96,7 +96,7 @@ async def create_room(api: Api, caller: Caller, req: rpb.CreateRoomRequest) -> M
         agents=agents,
     )
     live = _open_live(api, caller, room.name)
-    return convert.room_info(live) if live is not None else convert.room_message(room)
+    return convert.room_message(live) if live is not None else convert.room_message(room)
 
 
 def _open_live(api: Api, caller: Caller, name: str) -> RoomView | None:
@@ -121,7 +121,7 @@ async def list_rooms(api: Api, caller: Caller, req: rpb.ListRoomsRequest) -> Mes
         if wanted is None or v.name in wanted
     }
     out = [
-        convert.room_info(live[name]) if name in live else convert.room_message(stored[name])
+        convert.room_message(live[name]) if name in live else convert.room_message(stored[name])
         for name in sorted(stored.keys() | live.keys())
     ]
     return rpb.ListRoomsResponse(rooms=out)
@@ -143,7 +143,7 @@ async def update_room_metadata(
 ) -> Message:
     require(caller, "room_admin", room=req.room)
     view = await api.rooms.update_room_metadata(caller.project_id, req.room, req.metadata)
-    return convert.room_info(view)
+    return convert.room_message(view)
 
 
 # -- RoomService: participants (LiveKit: roomAdmin for that room)
