@@ -118,3 +118,34 @@ def mute_agent(server: ServerProcess, out: Path) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+async def test_call_warns_of_crosstalk_with_the_fix(
+    server: ServerProcess, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The same key and agent name from a second host (127.0.0.2 stands in for a teammate's
+    laptop): the call still works, and says that calls may land on the other machine and why."""
+    from callboard.client.worker import LightWorker, WorkerProtocol
+
+    with echo_fleet(server, tmp_path / "agents") as fleet:
+        fleet.start(suffix="jack")
+        await fleet.wait_registered(http)
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        ) as laptop:
+            decliner = WorkerProtocol(agent_name="echo-agent-jack", decide=lambda job: False)
+            other = LightWorker(server.ws_url, DEV_KEY, DEV_SECRET, decliner, laptop)
+            await other.connect()
+            rc, body, err = call_json(server, tmp_path, "--message", "hi", "--expect-reply",
+                                      "--timeout", "30", suffix="jack")
+            text = run_exe("call", *creds(server), "--message", "hi", "--expect-reply",
+                           "--timeout", "30", home=tmp_path,
+                           env={"LIVEKIT_AGENT_SUFFIX": "jack"}, timeout_s=60)
+            await other.close()
+    assert rc == 0, (body, err)
+    [item] = body["crosstalk"]
+    assert item["agent_name"] == "echo-agent-jack"
+    assert sorted(item["hosts"]) == ["127.0.0.1", "127.0.0.2"]
+    assert "developer" in item["fix"].lower()
+    assert text.returncode == 0, text.stderr
+    assert "warning: crosstalk for echo-agent-jack:" in text.stderr and "Fix:" in text.stderr

@@ -43,7 +43,7 @@ from callboard.cli.agents import (
     list_workers,
 )
 from callboard.cli.call_audio import AudioUnsupported, Recorder, publish_wav
-from callboard.cli.client import Api, run
+from callboard.cli.client import Api, NotCallboard, Refused, run
 from callboard.cli.common import EXIT_REFUSED, EXIT_USAGE
 from callboard.cli.credentials import Credentials, pass_credentials
 from callboard.cli.env import ws_url
@@ -104,6 +104,7 @@ class Report:
     timings_ms: dict[str, int] = field(default_factory=dict)
     replies: list[Reply] = field(default_factory=list)
     recorded_s: float | None = None
+    crosstalk: list[Json] = field(default_factory=list)
 
     def as_json(self, ok: bool, error: str = "", trace: Json | None = None) -> Json:
         out: Json = {
@@ -114,6 +115,7 @@ class Report:
             "answered_by": self.answer.as_json() if self.answer else None,
             "timings_ms": self.timings_ms,
             "replies": [vars(r) for r in self.replies],
+            "crosstalk": self.crosstalk,
         }
         if self.recorded_s is not None:
             out["recorded_s"] = round(self.recorded_s, 3)
@@ -315,6 +317,15 @@ async def converse(a: Api, s: Session, plan: CallPlan, report: Report, deadline:
         report.replies.append(s.replies.get_nowait())
 
 
+async def crosstalk_of(a: Api, agent_name: str) -> list[Json]:
+    """Pools of this agent name whose calls may land on someone else's machine (server's view)."""
+    try:
+        body = await a.get("/crosstalk")
+    except (Refused, NotCallboard):
+        return []  # an older server: nothing to say, and the call itself went fine
+    return [c for c in body.get("crosstalk", []) if c.get("agent_name") == agent_name]
+
+
 async def place_call(a: Api, plan: CallPlan) -> Report:
     agent_name = await pick_agent(a, plan)
     room = plan.room or f"call-{secrets.token_hex(4)}"
@@ -325,12 +336,15 @@ async def place_call(a: Api, plan: CallPlan) -> Report:
         await s.connect(ws_url(a.creds.url), mint(a.creds, room, plan.identity, agent_name))
         report.timings_ms["connect"] = elapsed_ms(s.started)
         await wait_agent(a, s, report, deadline)
+        report.crosstalk = await crosstalk_of(a, agent_name)
         if not plan.as_json:
             click.echo(
                 report.answer.line()
                 if report.answer
                 else f"agent joined as {s.agent.result().identity} (its job was not found)"
             )
+            for item in report.crosstalk:
+                warn(f"crosstalk for {agent_name}: {item['reason']}. Fix: {item['fix']}")
         await converse(a, s, plan, report, deadline)
     except rtc.ConnectError as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
