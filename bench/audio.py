@@ -1,7 +1,7 @@
 """Audio relay benchmark: server CPU per relayed Opus stream, latency the server adds, and how many
 2-party voice rooms one node relays before its CPU saturates. Run inside a network namespace:
 
-    bash bench/run-in-netns.sh .venv/bin/python bench/audio.py [--quick] [--json]
+    bash scripts/netns.sh .venv/bin/python bench/audio.py [--quick] [--json]
 
 Load comes from a light, bounded generator in this process, not from the real SDK (which would
 spend the 2 cores encoding Opus and measure itself): aiortc clients that speak LiveKit's /rtc/v1
@@ -495,7 +495,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if os.environ.get("CALLBOARD_IN_TEST_NETNS") != "1":
-        sys.exit("run inside the namespace: bash bench/run-in-netns.sh .venv/bin/python "
+        sys.exit("run inside the namespace: bash scripts/netns.sh .venv/bin/python "
                  "bench/audio.py")  # fmt: skip
     if args.steps is None:
         args.steps = [1, 3] if args.quick else [1, 10, 20, 40, 60, 80, 100, 120]

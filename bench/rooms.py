@@ -27,7 +27,7 @@ What is measured (issue 4, "Benchmark"), against `callboard server --dev` (a sub
   RSS from /proc/<pid>/status and CPU from /proc/<pid>/stat.
 
 WebRTC needs a non-loopback interface, so run it inside a network namespace:
-`bash bench/run-in-netns.sh .venv/bin/python bench/rooms.py [--quick] [--json]`. Every server is a
+`bash scripts/netns.sh .venv/bin/python bench/rooms.py [--quick] [--json]`. Every server is a
 subprocess of this one, stopped by its pid; every wait is bounded, and the whole run is bounded by
 `max_run_s`. Progress goes to stderr; the table (or, with --json, one JSON object) to stdout.
 """
@@ -924,7 +924,7 @@ async def bounded(cfg: Config) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     cfg, as_json = parse_args(argv)
     if os.environ.get("CALLBOARD_IN_TEST_NETNS") != "1":
-        log("warning: not inside bench/run-in-netns.sh; WebRTC needs a non-loopback interface")
+        log("warning: not inside scripts/netns.sh; WebRTC needs a non-loopback interface")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     warnings.filterwarnings("ignore", message="The HMAC key")  # the dev secret is short
     raise_nofile(NOFILE_WANTED)

@@ -7,16 +7,7 @@ cd "$(dirname "$0")/.."
 
 if [ "${CALLBOARD_IN_TEST_NETNS:-}" != "1" ]; then
   bash scripts/setup.sh   # outside the namespace: the registries are reachable only from here
-  export CALLBOARD_IN_TEST_NETNS=1
-  exec unshare -rn bash -c '
-    set -e
-    ip link set lo up
-    ip link add veth0 type veth peer name veth1
-    ip addr add 10.99.0.1/24 dev veth0
-    ip addr add 10.99.0.2/24 dev veth1
-    ip link set veth0 up
-    ip link set veth1 up
-    exec bash scripts/test.sh "$@"' bash "$@"
+  exec bash scripts/netns.sh bash scripts/test.sh "$@"
 fi
 
 set +e
