@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,6 +30,13 @@ from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
 
 from tests.support.clients import project_get, wait_for
 from tests.support.server import DEV_KEY, DEV_SECRET, ServerProcess
+from tests.support.worker_procs import (
+    poll_registered,
+    read_records,
+    stop_all,
+    stop_process,
+    worker_env,
+)
 
 WORKER_SCRIPT = Path(__file__).with_name("agent_worker.py")
 REGISTER_TIMEOUT_S = 45.0  # measured on 2 cores: 1 worker ≈1.6 s, 3 started together ≈3.2 s
@@ -53,10 +57,7 @@ class AgentProcess:
     started_at: float = 0.0
 
     def records(self) -> list[dict[str, Any]]:
-        if not self.out.exists():
-            return []
-        lines = self.out.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.endswith("}")]
+        return read_records(self.out)
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every entrypoint run, in order (a job run twice appears twice)."""
@@ -94,15 +95,8 @@ class AgentProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout_s: float = 6.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout_s)
         self.proc = None
 
     def describe(self) -> str:
@@ -135,10 +129,7 @@ class AgentFleet:
             worker.hold_dir = self.base / f"{label}-hold"
             worker.hold_dir.mkdir()
             args += ["--hold", str(worker.hold_dir)]
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("LIVEKIT_", "PYTEST_", "PYTHONWARNINGS"))}
-        env |= {"LIVEKIT_URL": self.server.ws_url, "LIVEKIT_API_KEY": key,
-                "LIVEKIT_API_SECRET": secret}
+        env = worker_env(self.server, key, secret, drop=("LIVEKIT_", "PYTEST_", "PYTHONWARNINGS"))
         with open(worker.log_path.with_suffix(".stderr"), "ab") as stderr:
             worker.proc = subprocess.Popen(args, env=env, stdout=stderr, stderr=stderr,
                                            stdin=subprocess.DEVNULL)
@@ -157,21 +148,13 @@ class AgentFleet:
                               workers: list[AgentProcess] | None = None,
                               timeout_s: float = REGISTER_TIMEOUT_S) -> None:
         """Until each worker has registered (by its own account) and the server lists that id."""
-        todo = list(workers if workers is not None else self.workers)
-        deadline = time.monotonic() + timeout_s
-        while todo:
-            for worker in list(todo):
-                if not worker.alive():
-                    raise AssertionError(f"worker process exited\n{worker.describe()}")
-                if worker.worker_id and worker.worker_id in await self.listed(
-                        session, worker.key, worker.secret):
-                    todo.remove(worker)
-            if not todo:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError("workers not registered within "
-                                     f"{timeout_s}s:\n" + "\n".join(w.describe() for w in todo))
-            await asyncio.sleep(0.1)
+        async def listed(worker: AgentProcess) -> bool:
+            return bool(worker.worker_id) and worker.worker_id in await self.listed(
+                session, worker.key, worker.secret)
+
+        await poll_registered(workers if workers is not None else self.workers, listed,
+                              "worker process exited",
+                              f"workers not registered within {timeout_s}s", timeout_s)
 
     def all_jobs(self) -> list[dict[str, Any]]:
         return [job | {"worker": w.name} for w in self.workers for job in w.jobs()]
@@ -180,11 +163,7 @@ class AgentFleet:
         for worker in self.workers:
             if worker.hold_dir is not None:
                 worker.release()
-        for worker in self.workers:
-            if worker.proc is not None and worker.proc.poll() is None:
-                worker.proc.send_signal(signal.SIGTERM)
-        for worker in self.workers:
-            worker.stop()
+        stop_all(self.workers)
 
 
 @contextlib.contextmanager

@@ -14,14 +14,9 @@ this harness started: SIGTERM, then SIGKILL.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +26,13 @@ import aiohttp
 
 from tests.support.clients import project_get
 from tests.support.server import DEV_KEY, DEV_SECRET, ServerProcess
+from tests.support.worker_procs import (
+    poll_registered,
+    read_records,
+    stop_all,
+    stop_process,
+    worker_env,
+)
 
 WORKER_SCRIPT = Path(__file__).with_name("echo_worker.py")
 REGISTER_TIMEOUT_S = 45.0
@@ -50,10 +52,7 @@ class EchoAgent:
         return f"echo-agent-{self.suffix}" if self.suffix else "echo-agent"
 
     def records(self, kind: str | None = None) -> list[dict[str, Any]]:
-        if not self.events.exists():
-            return []
-        lines = [json.loads(x) for x in self.events.read_text().splitlines() if x.endswith("}")]
-        return [r for r in lines if kind is None or r["event"] == kind]
+        return read_records(self.events, kind)
 
     def jobs(self) -> list[dict[str, Any]]:
         return self.records("job")
@@ -75,15 +74,8 @@ class EchoAgent:
         return f"{self.agent_name} (key {self.key}) records={self.records()}\n{tail}"
 
     def stop(self, timeout_s: float = 8.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout_s)
         self.proc = None
 
 
@@ -99,10 +91,9 @@ class EchoFleet:
         label = f"echo{len(self.agents)}-{suffix or 'plain'}"
         agent = EchoAgent(suffix, key, secret, self.base / f"{label}.jsonl",
                           self.base / f"{label}.log")
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("LIVEKIT_", "PYTEST_", "PYTHONWARNINGS", "ECHO_AGENT_"))}
-        env |= {"LIVEKIT_URL": self.server.ws_url, "LIVEKIT_API_KEY": key,
-                "LIVEKIT_API_SECRET": secret, "ECHO_AGENT_EVENTS": str(agent.events)}
+        env = worker_env(self.server, key, secret,
+                         drop=("LIVEKIT_", "PYTEST_", "PYTHONWARNINGS", "ECHO_AGENT_"))
+        env["ECHO_AGENT_EVENTS"] = str(agent.events)
         if suffix:
             env["LIVEKIT_AGENT_SUFFIX"] = suffix
         if processes:
@@ -116,28 +107,18 @@ class EchoFleet:
     async def wait_registered(self, http: aiohttp.ClientSession,
                               timeout_s: float = REGISTER_TIMEOUT_S) -> None:
         """Until every agent reported its worker id and the server lists it."""
-        todo = list(self.agents)
-        deadline = time.monotonic() + timeout_s
-        while todo:
-            for agent in list(todo):
-                if not agent.alive():
-                    raise AssertionError(f"echo worker exited\n{agent.describe()}")
-                if agent.worker_id:
-                    status, body = await project_get(http, self.server, "/workers", agent.key,
-                                                     agent.secret)
-                    if status == 200 and agent.worker_id in {w["id"] for w in body["workers"]}:
-                        todo.remove(agent)
-            if todo and time.monotonic() > deadline:
-                raise AssertionError("echo workers not registered in time:\n"
-                                     + "\n".join(a.describe() for a in todo))
-            await asyncio.sleep(0.1)
+        async def listed(agent: EchoAgent) -> bool:
+            if not agent.worker_id:
+                return False
+            status, body = await project_get(http, self.server, "/workers", agent.key,
+                                             agent.secret)
+            return status == 200 and agent.worker_id in {w["id"] for w in body["workers"]}
+
+        await poll_registered(self.agents, listed, "echo worker exited",
+                              "echo workers not registered in time", timeout_s)
 
     def close(self) -> None:
-        for agent in self.agents:
-            if agent.proc is not None and agent.proc.poll() is None:
-                agent.proc.send_signal(signal.SIGTERM)
-        for agent in self.agents:
-            agent.stop()
+        stop_all(self.agents)
 
 
 @contextlib.contextmanager
