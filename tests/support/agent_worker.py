@@ -16,36 +16,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import os
-import signal
-import threading
-import time
-import warnings
+import sys
 from pathlib import Path
 from typing import Any
 
-warnings.simplefilter("ignore", DeprecationWarning)
-try:
-    from jwt.warnings import InsecureKeyLengthWarning
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # for `tests.support`
 
-    warnings.simplefilter("ignore", InsecureKeyLengthWarning)
-except ImportError:  # older PyJWT: nothing to filter
-    pass
+# first: it sets the warnings filters before livekit.agents is imported
+from tests.support.worker_script import record, run_until_signalled, thread_server  # noqa: I001
 
-from livekit.agents import AgentServer, JobContext, JobExecutorType  # noqa: E402
-
-_write_lock = threading.Lock()
-
-
-def record(out: Path, **fields: Any) -> None:
-    """Append one JSON line; jobs run in executor threads, so lines are written whole, locked."""
-    line = json.dumps({**fields, "pid": os.getpid(), "at": time.time()}) + "\n"
-    with _write_lock, open(out, "a") as fh:
-        fh.write(line)
-        fh.flush()
-
+from livekit.agents import AgentServer, JobContext
 
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -62,13 +43,7 @@ class _ExtrasFormatter(logging.Formatter):
 def build(args: argparse.Namespace) -> AgentServer:
     out = Path(args.out)
     load: float | None = args.load
-    server = AgentServer(
-        job_executor_type=JobExecutorType.THREAD,
-        num_idle_processes=0,
-        host="127.0.0.1",  # its health server: with "" and port 0, IPv4 and IPv6 get two ports
-        port=0,
-        load_fnc=(lambda: load) if load is not None else None,
-    )
+    server = thread_server(load_fnc=(lambda: load) if load is not None else None)
 
     @server.rtc_session(agent_name=args.name)
     async def entrypoint(ctx: JobContext) -> None:
@@ -91,23 +66,10 @@ def build(args: argparse.Namespace) -> AgentServer:
 
 
 async def main(args: argparse.Namespace) -> None:
-    server = build(args)
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    run = asyncio.create_task(server.run(devmode=True))
-    stop = asyncio.create_task(stopping.wait())
-    await asyncio.wait({run, stop}, return_when=asyncio.FIRST_COMPLETED)
-    if run.done():
-        run.result()  # run() only returns early on a fatal error: raise it (into the log)
-        return
-    if args.hold:
+    def release_held() -> None:
         Path(args.hold, "all").touch()  # let held jobs end so the SDK can close quickly
-    try:
-        await asyncio.wait_for(server.aclose(), timeout=5)
-    finally:
-        run.cancel()
+
+    await run_until_signalled(build(args), release_held if args.hold else None)
 
 
 def cli() -> None:

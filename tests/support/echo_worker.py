@@ -15,21 +15,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
-import signal
 import sys
-import warnings
 from pathlib import Path
 from types import ModuleType
 
-warnings.simplefilter("ignore", DeprecationWarning)
-try:
-    from jwt.warnings import InsecureKeyLengthWarning
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # for `tests.support`
 
-    warnings.simplefilter("ignore", InsecureKeyLengthWarning)
-except ImportError:
-    pass
+# first: it sets the warnings filters before livekit.agents is imported
+from tests.support.worker_script import run_until_signalled, thread_server  # noqa: I001
 
-from livekit.agents import AgentServer, JobExecutorType  # noqa: E402
+from livekit.agents import AgentServer, JobExecutorType
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "echo_agent.py"
 
@@ -50,24 +45,10 @@ async def main() -> None:
         server = AgentServer(job_executor_type=JobExecutorType.PROCESS,
                              num_idle_processes=processes, host="127.0.0.1", port=0)
     else:
-        server = AgentServer(job_executor_type=JobExecutorType.THREAD, num_idle_processes=0,
-                             host="127.0.0.1", port=0)
+        server = thread_server()
     server.rtc_session(example.entrypoint, agent_name=example.AGENT_NAME)
     server.on("worker_registered", example.on_registered)
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    run = asyncio.create_task(server.run(devmode=True))
-    stop = asyncio.create_task(stopping.wait())
-    await asyncio.wait({run, stop}, return_when=asyncio.FIRST_COMPLETED)
-    if run.done():
-        run.result()
-        return
-    try:
-        await asyncio.wait_for(server.aclose(), timeout=5)
-    finally:
-        run.cancel()
+    await run_until_signalled(server)
 
 
 if __name__ == "__main__":

@@ -14,38 +14,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import threading
-import time
-import warnings
+import sys
 from pathlib import Path
-from typing import Any
 
-warnings.simplefilter("ignore", DeprecationWarning)
-try:
-    from jwt.warnings import InsecureKeyLengthWarning
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # for `tests.support`
 
-    warnings.simplefilter("ignore", InsecureKeyLengthWarning)
-except ImportError:
-    pass
+# first: it sets the warnings filters before livekit.agents is imported
+from tests.support.worker_script import record, run_until_signalled, thread_server  # noqa: I001
 
-from livekit import rtc  # noqa: E402
-from livekit.agents import AgentServer, JobContext, JobExecutorType  # noqa: E402
-
-_lock = threading.Lock()
-
-
-def record(out: Path, **fields: Any) -> None:
-    line = json.dumps({**fields, "pid": os.getpid(), "at": time.time()}) + "\n"
-    with _lock, open(out, "a") as fh:
-        fh.write(line)
+from livekit import rtc
+from livekit.agents import AgentServer, JobContext
 
 
 def build(name: str, out: Path) -> AgentServer:
-    server = AgentServer(
-        job_executor_type=JobExecutorType.THREAD, num_idle_processes=0, host="127.0.0.1", port=0
-    )
+    server = thread_server()
 
     @server.rtc_session(agent_name=name)
     async def entrypoint(ctx: JobContext) -> None:
@@ -95,21 +77,7 @@ def build(name: str, out: Path) -> AgentServer:
 
 
 async def main(args: argparse.Namespace) -> None:
-    server = build(args.name, Path(args.out))
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    run = asyncio.create_task(server.run(devmode=True))
-    stop = asyncio.create_task(stopping.wait())
-    await asyncio.wait({run, stop}, return_when=asyncio.FIRST_COMPLETED)
-    if run.done():
-        run.result()
-        return
-    try:
-        await asyncio.wait_for(server.aclose(), timeout=5)
-    finally:
-        run.cancel()
+    await run_until_signalled(build(args.name, Path(args.out)))
 
 
 if __name__ == "__main__":
