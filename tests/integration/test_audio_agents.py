@@ -5,45 +5,18 @@ livekit-agents worker process (tests/support/audio_agent.py) and the real rtc SD
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
 
-from tests.integration.test_rtc_agents import events
 from tests.support.audio import Ear, Tone, assert_tone, sent_rms
 from tests.support.clients import lk_api
 from tests.support.rtc import Client, eventually, needs_netns, token
-from tests.support.server import DEV_KEY, DEV_SECRET, ServerProcess
+from tests.support.server import ServerProcess
+from tests.support.worker_procs import read_records, worker_process
 
 pytestmark = needs_netns
 WORKER = Path(__file__).parents[1] / "support" / "audio_agent.py"
-
-
-@contextlib.contextmanager
-def audio_agent(server: ServerProcess, out: Path, name: str) -> Iterator[None]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "PYTEST_"))}
-    env |= {"LIVEKIT_URL": server.ws_url, "LIVEKIT_API_KEY": DEV_KEY,
-            "LIVEKIT_API_SECRET": DEV_SECRET}  # fmt: skip
-    with open(out.with_suffix(".log"), "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(WORKER), "--name", name, "--out", str(out), "--tone-hz", "660"],
-            env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def test_an_agent_hears_the_caller_and_the_caller_hears_the_agent(
@@ -53,8 +26,8 @@ async def test_an_agent_hears_the_caller_and_the_caller_hears_the_agent(
     caller = Client("caller")
     ear = Ear(caller.room)
     tone = Tone(caller.room, frequency_hz=440.0)
-    with audio_agent(server, out, "voice-agent"):
-        await eventually(lambda: events(out, "registered"), timeout_s=45)
+    with worker_process(server, WORKER, "voice-agent", out, extra_args=["--tone-hz", "660"]):
+        await eventually(lambda: read_records(out, "registered"), timeout_s=45)
         try:
             await caller.room.connect(server.ws_url, token("caller", "voice-room"))
             await tone.start()
@@ -62,13 +35,13 @@ async def test_an_agent_hears_the_caller_and_the_caller_hears_the_agent(
                 await lk.agent_dispatch.create_dispatch(
                     CreateAgentDispatchRequest(agent_name="voice-agent", room="voice-room")
                 )
-            await eventually(lambda: events(out, "connected"), timeout_s=20)
-            (connected,) = events(out, "connected")
+            await eventually(lambda: read_records(out, "connected"), timeout_s=20)
+            (connected,) = read_records(out, "connected")
             agent_id = connected["identity"]
             assert_tone(await ear.listen_for(agent_id, 1.0, timeout_s=20), 660.0)
 
-            await eventually(lambda: events(out, "heard"), timeout_s=20)
-            (heard,) = events(out, "heard")
+            await eventually(lambda: read_records(out, "heard"), timeout_s=20)
+            (heard,) = read_records(out, "heard")
             assert heard["caller"] == "caller"
             assert abs(heard["peak_hz"] - 440.0) <= 2.0
             assert abs(heard["rms"] - sent_rms()) <= 0.05 * sent_rms()

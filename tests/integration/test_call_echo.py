@@ -7,13 +7,7 @@ examples/echo_agent.py in a livekit-agents worker process (thread executor); the
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +18,7 @@ from tests.support.clients import wait_for
 from tests.support.echo_agents import echo_fleet
 from tests.support.rtc import needs_netns
 from tests.support.server import DEV_KEY, DEV_SECRET, ServerProcess
+from tests.support.worker_procs import worker_process
 
 pytestmark = needs_netns
 RTC_AGENT = Path(__file__).parents[1] / "support" / "rtc_agent.py"
@@ -90,7 +85,7 @@ async def test_an_agent_that_never_replies_fails_with_where_its_job_runs(
 ) -> None:
     """tests/support/rtc_agent.py joins but does not answer text streams."""
     out = tmp_path / "mute.jsonl"
-    with mute_agent(server, out):
+    with worker_process(server, RTC_AGENT, "mute", out):
         await wait_for(lambda: out.exists() and "registered" in out.read_text(), timeout_s=45)
         done = run_exe("call", *creds(server), "--agent", "mute", "--message", "hi",
                        "--expect-reply", "--timeout", "4", home=tmp_path)
@@ -98,26 +93,6 @@ async def test_an_agent_that_never_replies_fails_with_where_its_job_runs(
     assert "answered by worker AW_" in done.stdout
     assert done.stderr.startswith("error: agent 'mute' did not reply within the timeout")
     assert "outcome: running on worker AW_" in done.stderr
-
-
-@contextlib.contextmanager
-def mute_agent(server: ServerProcess, out: Path) -> Iterator[None]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "PYTEST_"))}
-    env |= {"LIVEKIT_URL": server.ws_url, "LIVEKIT_API_KEY": DEV_KEY,
-            "LIVEKIT_API_SECRET": DEV_SECRET}
-    with open(out.with_suffix(".log"), "ab") as log:
-        proc = subprocess.Popen([sys.executable, str(RTC_AGENT), "--name", "mute", "--out",
-                                 str(out)], env=env, stdout=log, stderr=log,
-                                stdin=subprocess.DEVNULL)
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def test_call_warns_of_crosstalk_with_the_fix(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -26,6 +25,7 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 
 from tests.support.clients import lk_api, new_project, project_get, wait_for
 from tests.support.server import DEV_KEY, DEV_SECRET, ServerProcess
+from tests.support.worker_procs import stop_process, worker_env
 
 WORKER = textwrap.dedent(
     """
@@ -51,13 +51,7 @@ WORKER = textwrap.dedent(
 def agent(server: ServerProcess, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     script = tmp_path / "otlp_agent.py"
     script.write_text(WORKER)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "PYTEST_"))}
-    env |= {
-        "LIVEKIT_URL": server.ws_url,
-        "LIVEKIT_API_KEY": DEV_KEY,
-        "LIVEKIT_API_SECRET": DEV_SECRET,
-        "LIVEKIT_OBSERVABILITY_URL": server.http_url,
-    }
+    env = worker_env(server, DEV_KEY, DEV_SECRET) | {"LIVEKIT_OBSERVABILITY_URL": server.http_url}
     log = tmp_path / "agent.log"
     with open(tmp_path / "agent.stderr", "ab") as err:
         proc = subprocess.Popen([sys.executable, str(script), "otlp-agent", str(log)], env=env,
@@ -65,12 +59,7 @@ def agent(server: ServerProcess, tmp_path: Path) -> Iterator[subprocess.Popen[by
     try:
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 8)
 
 
 def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,15 +9,8 @@ server is shutting down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from livekit import rtc
@@ -25,41 +18,11 @@ from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
 
 from tests.support.clients import lk_api
 from tests.support.rtc import Client, eventually, needs_netns, token
-from tests.support.server import DEV_ADMIN, DEV_KEY, DEV_SECRET, ServerProcess
+from tests.support.server import DEV_ADMIN, ServerProcess
+from tests.support.worker_procs import read_records, worker_process
 
 pytestmark = needs_netns
 WORKER = Path(__file__).parents[1] / "support" / "rtc_agent.py"
-
-
-@contextlib.contextmanager
-def agent_worker(server: ServerProcess, out: Path, name: str) -> Iterator[subprocess.Popen[bytes]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "PYTEST_"))}
-    env |= {
-        "LIVEKIT_URL": server.ws_url,
-        "LIVEKIT_API_KEY": DEV_KEY,
-        "LIVEKIT_API_SECRET": DEV_SECRET,
-    }
-    with open(out.with_suffix(".log"), "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(WORKER), "--name", name, "--out", str(out)],
-            env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def events(out: Path, kind: str) -> list[dict[str, Any]]:
-    if not out.exists():
-        return []
-    lines = [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
-    return [e for e in lines if e["event"] == kind]
 
 
 async def stats(http: aiohttp.ClientSession, server: ServerProcess) -> dict[str, int]:
@@ -74,15 +37,15 @@ async def test_a_livekit_agents_job_joins_its_room_and_answers(
 ) -> None:
     out = tmp_path / "agent.jsonl"
     human = Client("human")
-    with agent_worker(server, out, "room-agent"):
-        await eventually(lambda: events(out, "registered"), timeout_s=45)
+    with worker_process(server, WORKER, "room-agent", out):
+        await eventually(lambda: read_records(out, "registered"), timeout_s=45)
         await human.room.connect(server.ws_url, token("human", "agent-room"))
         async with lk_api(server) as lk:
             await lk.agent_dispatch.create_dispatch(
                 CreateAgentDispatchRequest(agent_name="room-agent", room="agent-room")
             )
-        await eventually(lambda: events(out, "connected"), timeout_s=20)
-        (connected,) = events(out, "connected")
+        await eventually(lambda: read_records(out, "connected"), timeout_s=20)
+        (connected,) = read_records(out, "connected")
         agent_id = connected["identity"]
         assert agent_id == f"agent-{connected['job_id']}"
         assert connected["remotes"] == ["human"] and connected["room_sid"] == await human.room.sid

@@ -9,12 +9,6 @@ inside the test network namespace: scripts/test.sh).
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +25,7 @@ from callboard.client.worker import LightWorker, WorkerProtocol
 from tests.support.clients import light_worker, lk_api, new_project, project_get, wait_for
 from tests.support.rtc import Client, eventually, needs_netns, token
 from tests.support.server import DEV_KEY, DEV_SECRET, ServerProcess
+from tests.support.worker_procs import read_records, worker_process
 
 pytestmark = needs_netns
 AGENT_PROCESS = Path(__file__).parents[1] / "support" / "rtc_agent.py"
@@ -241,48 +236,19 @@ async def test_a_superseded_agent_is_removed_and_refused(
 # -- the real livekit-agents worker ----------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def agents_process(
-    server: ServerProcess, out: Path, name: str, key: str, secret: str
-) -> Iterator[subprocess.Popen[bytes]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "PYTEST_"))}
-    env |= {"LIVEKIT_URL": server.ws_url, "LIVEKIT_API_KEY": key, "LIVEKIT_API_SECRET": secret}
-    with open(out.with_suffix(".log"), "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(AGENT_PROCESS), "--name", name, "--out", str(out)],
-            env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def recorded(out: Path, kind: str) -> list[dict[str, Any]]:
-    if not out.exists():
-        return []
-    lines = [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
-    return [e for e in lines if e["event"] == kind]
-
-
 async def test_a_token_naming_jacks_agent_starts_his_livekit_agents_worker(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     jack_key, jack_secret = new_project(server, "dev", developer="jack")
     out = tmp_path / "jack.jsonl"
-    with agents_process(server, out, "my-agent-jack", jack_key, jack_secret):
-        await wait_for(lambda: recorded(out, "registered"), timeout_s=45)
+    with worker_process(server, AGENT_PROCESS, "my-agent-jack", out, jack_key, jack_secret):
+        await wait_for(lambda: read_records(out, "registered"), timeout_s=45)
         caller = Client("caller")
         jwt = token("caller", "call-1", key=jack_key, secret=jack_secret,
                     room_config=agents("my-agent-jack"))
         await caller.room.connect(server.ws_url, jwt)
-        await wait_for(lambda: recorded(out, "connected"), timeout_s=20)
-        (connected,) = recorded(out, "connected")
+        await wait_for(lambda: read_records(out, "connected"), timeout_s=20)
+        (connected,) = read_records(out, "connected")
         assert connected["room"] == "call-1" and connected["remotes"] == ["caller"]
         await eventually(lambda: connected["identity"] in caller.remote_identities)
         await caller.room.local_participant.publish_data(b"ping", topic="t")

@@ -9,16 +9,18 @@ records; a process is stopped by the pid the test started: SIGTERM, then SIGKILL
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from tests.support.server import ServerProcess
+from tests.support.server import DEV_KEY, DEV_SECRET, ServerProcess
 
 
 class WorkerLike(Protocol):
@@ -92,3 +94,26 @@ async def poll_registered(
         if time.monotonic() > deadline:
             raise AssertionError(f"{late}:\n" + "\n".join(w.describe() for w in todo))
         await asyncio.sleep(0.1)
+
+
+@contextlib.contextmanager
+def worker_process(
+    server: ServerProcess,
+    script: Path,
+    name: str,
+    out: Path,
+    key: str = DEV_KEY,
+    secret: str = DEV_SECRET,
+    extra_args: Sequence[str] = (),
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`python SCRIPT --name NAME --out OUT` as a worker for `key`, its output in OUT's `.log`;
+    stopped on the way out (8 s after SIGTERM, SIGKILL)."""
+    with open(out.with_suffix(".log"), "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), "--name", name, "--out", str(out), *extra_args],
+            env=worker_env(server, key, secret), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        stop_process(proc, 8)
