@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from livekit import api, rtc
@@ -61,12 +62,31 @@ def tracks_of(client: Client, identity: str) -> list[rtc.RemoteTrackPublication]
     return []
 
 
-async def test_listener_who_joined_before_the_publish_hears_the_tone(server: RtcServer) -> None:
+class AliceToBob(NamedTuple):
+    alice: Client
+    bob: Client
+    ear: Ear
+    tone: Tone
+
+
+@contextlib.asynccontextmanager
+async def alice_to_bob(server: RtcServer) -> AsyncIterator[AliceToBob]:
+    """alice with a tone (not started yet) and bob with an ear, both in room-1; on the way out the
+    tone stops, the ear closes and both leave."""
     alice = await connect(server, "alice")
     bob = await connect(server, "bob")
     ear = Ear(bob.room)
     tone = Tone(alice.room)
     try:
+        yield AliceToBob(alice, bob, ear, tone)
+    finally:
+        await tone.stop()
+        await ear.close()
+        await close(alice, bob)
+
+
+async def test_listener_who_joined_before_the_publish_hears_the_tone(server: RtcServer) -> None:
+    async with alice_to_bob(server) as (_, bob, ear, tone):
         publication = await tone.start()
         assert publication.sid.startswith("TR_")
         assert_tone(await ear.listen_for("alice", 1.0))
@@ -74,10 +94,6 @@ async def test_listener_who_joined_before_the_publish_hears_the_tone(server: Rtc
         assert seen.sid == publication.sid
         assert seen.kind == rtc.TrackKind.KIND_AUDIO
         assert ear.subscribed == [("alice", publication.sid)]
-    finally:
-        await tone.stop()
-        await ear.close()
-        await close(alice, bob)
     await nothing_left(server)
 
 
@@ -121,11 +137,7 @@ async def test_a_republished_tone_is_heard_again(server: RtcServer) -> None:
 
 
 async def test_mute_stops_the_audio_and_unmute_brings_it_back(server: RtcServer) -> None:
-    alice = await connect(server, "alice")
-    bob = await connect(server, "bob")
-    ear = Ear(bob.room)
-    tone = Tone(alice.room)
-    try:
+    async with alice_to_bob(server) as (_, bob, ear, tone):
         publication = await tone.start()
         assert_tone(await ear.listen_for("alice", 0.5))
         assert publication.track is not None
@@ -138,18 +150,10 @@ async def test_mute_stops_the_audio_and_unmute_brings_it_back(server: RtcServer)
         publication.track.unmute()
         await eventually(lambda: not any(t.muted for t in tracks_of(bob, "alice")))
         assert_tone(await ear.listen_for("alice", 0.5, since=ear.mark("alice")))
-    finally:
-        await tone.stop()
-        await ear.close()
-        await close(alice, bob)
 
 
 async def test_a_server_side_mute_silences_the_track_and_tells_everyone(server: RtcServer) -> None:
-    alice = await connect(server, "alice")
-    bob = await connect(server, "bob")
-    ear = Ear(bob.room)
-    tone = Tone(alice.room)
-    try:
+    async with alice_to_bob(server) as (_, bob, ear, tone):
         publication = await tone.start()
         assert_tone(await ear.listen_for("alice", 0.5))
         sid = server.rooms.model.publisher_of(server.project_id, "room-1", publication.sid)
@@ -160,18 +164,10 @@ async def test_a_server_side_mute_silences_the_track_and_tells_everyone(server: 
         await asyncio.sleep(1.0)
         heard = ear.samples("alice")[mark:]
         assert len(heard) == 0 or is_quiet(heard)
-    finally:
-        await tone.stop()
-        await ear.close()
-        await close(alice, bob)
 
 
 async def test_unsubscribing_stops_the_audio_and_resubscribing_resumes(server: RtcServer) -> None:
-    alice = await connect(server, "alice")
-    bob = await connect(server, "bob")
-    ear = Ear(bob.room)
-    tone = Tone(alice.room)
-    try:
+    async with alice_to_bob(server) as (_, bob, ear, tone):
         await tone.start()
         assert_tone(await ear.listen_for("alice", 0.5))
         (publication,) = tracks_of(bob, "alice")
@@ -180,10 +176,6 @@ async def test_unsubscribing_stops_the_audio_and_resubscribing_resumes(server: R
         publication.set_subscribed(True)
         await eventually(lambda: server.rooms.stats()["relay_sinks"] == 1)
         assert_tone(await ear.listen_for("alice", 0.5, since=ear.mark("alice")))
-    finally:
-        await tone.stop()
-        await ear.close()
-        await close(alice, bob)
 
 
 async def test_three_listeners_each_hear_the_tone(server: RtcServer) -> None:
@@ -263,11 +255,7 @@ async def test_video_is_refused_clearly_and_the_connection_stays(server: RtcServ
 
 
 async def test_room_service_mutes_a_track_and_updates_subscriptions(server: RtcServer) -> None:
-    alice = await connect(server, "alice")
-    bob = await connect(server, "bob")
-    ear = Ear(bob.room)
-    tone = Tone(alice.room)
-    try:
+    async with alice_to_bob(server) as (_, _, ear, tone):
         publication = await tone.start()
         assert_tone(await ear.listen_for("alice", 0.5))
         async with api.LiveKitAPI(server.http_url, DEV_KEY, DEV_SECRET) as lk:
@@ -290,10 +278,6 @@ async def test_room_service_mutes_a_track_and_updates_subscriptions(server: RtcS
                         room="room-1", identity="alice", track_sid="TR_nope", muted=True
                     )
                 )
-    finally:
-        await tone.stop()
-        await ear.close()
-        await close(alice, bob)
 
 
 async def test_active_speakers_come_from_the_audio_level_header(server: RtcServer) -> None:
