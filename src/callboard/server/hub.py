@@ -39,6 +39,7 @@ from callboard.store.base import Store
 log = logging.getLogger("callboard.dispatch")
 events_log = logging.getLogger("callboard.events")
 
+_INFO_KINDS = ("worker.", "room.", "crosstalk.", "webhook.")
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -170,6 +171,17 @@ class Hub:
         return convert.job_message(offer)
 
     def _log_event(self, event: RecordEvent) -> None:
+        """Server log line of an event-log entry.
+
+        Per-dispatch lifecycle lines (dispatch.*, job.*, agent.*) go to DEBUG when all is well:
+        the project's event log (`callboard logs`) keeps them, and at INFO they cost more server
+        time per dispatch than the dispatch itself. Warnings and errors are always logged.
+        """
+        level = _LEVELS.get(event.level, logging.INFO)
+        if level == logging.INFO and not event.kind.startswith(_INFO_KINDS):
+            level = logging.DEBUG
+        if not events_log.isEnabledFor(level):
+            return
         fields = " ".join(
             f"{name}={value}"
             for name, value in (
@@ -183,9 +195,7 @@ class Hub:
             )
             if value
         )
-        events_log.log(
-            _LEVELS.get(event.level, logging.INFO), "%s: %s [%s]", event.kind, event.message, fields
-        )
+        events_log.log(level, "%s: %s [%s]", event.kind, event.message, fields)
 
     # -- timers
 
