@@ -46,6 +46,7 @@ from callboard.dispatch.model import (
     WorkerStatus,
     WorkerStatusChanged,
 )
+from callboard.dispatch.selection import choose
 
 PROJECT = "P_one"
 T0 = 1_000_000
@@ -344,6 +345,72 @@ def test_same_seed_same_offers() -> None:
         return [rig.offered(rig.create(f"AD_{n}"))[0] for n in range(50)]
 
     assert run() == run()
+
+
+def test_offers_follow_the_exact_scan_through_status_changes_declines_and_departures() -> None:
+    """Each offer is what `choose` over the AVAILABLE, untried workers returns for the same seed."""
+    rig = Rig(seed=31)
+    reference, script = random.Random(31), random.Random(4)
+    loads: dict[str, tuple[WorkerStatus, float]] = {}
+    for n in range(12):
+        rig.register(f"AW_{n:02}")
+        loads[f"AW_{n:02}"] = (WorkerStatus.AVAILABLE, 0.0)
+    for n in range(300):
+        for worker_id in script.sample(sorted(loads), 2):
+            status = script.choice((WorkerStatus.AVAILABLE,) * 2 + (WorkerStatus.FULL,))
+            load = script.choice((0.0, 0.3, 0.8, 1.0))
+            rig.status(worker_id, status, load)
+            loads[worker_id] = (status, load)
+        if n % 50 == 49:
+            gone = script.choice(sorted(loads))
+            rig.gone(gone)
+            del loads[gone]
+        actions, tried = rig.create(f"AD_{n}"), set[str]()
+        while requests := of(actions, SendAvailabilityRequest):
+            eligible = [
+                (w, load)
+                for w, (status, load) in loads.items()
+                if status is WorkerStatus.AVAILABLE and w not in tried
+            ]
+            assert requests[0].worker_id == choose(eligible, reference)
+            tried.add(requests[0].worker_id)
+            actions = rig.answer(requests[0].worker_id, requests[0].offer.job_id, available=False)
+        assert rig.job_of(f"AD_{n}").state is JobState.PENDING
+        rig.delete(f"AD_{n}")
+
+
+def test_a_big_pool_never_offers_twice_to_a_worker_that_declined() -> None:
+    rig = Rig(seed=8)
+    for n in range(200):
+        rig.register(f"AW_{n:03}")
+        rig.status(f"AW_{n:03}", WorkerStatus.AVAILABLE, (n % 10) / 10)
+    actions, tried = rig.create("AD_1"), set[str]()
+    while requests := of(actions, SendAvailabilityRequest):
+        assert requests[0].worker_id not in tried
+        tried.add(requests[0].worker_id)
+        actions = rig.answer(requests[0].worker_id, requests[0].offer.job_id, available=False)
+    assert len(tried) == 200
+    assert "all 200 candidates declined" in event_of(actions, "dispatch.queued").message
+    detail = rig.trace("AD_1")[-2][1]
+    assert len(detail["workers"]) == 20 and detail["more"] == 180
+    assert all(line["tried"] for line in detail["workers"])
+
+
+def test_the_draw_sees_status_changes_after_it_was_built() -> None:
+    rig = Rig(seed=3)
+    rig.register("AW_a")
+    rig.register("AW_b")
+    rig.create("AD_0")  # the pool's draw is built here
+    rig.status("AW_a", WorkerStatus.FULL, 1.0)
+    assert {rig.offered(rig.create(f"AD_f{n}"))[0] for n in range(20)} == {"AW_b"}
+    rig.status("AW_a", WorkerStatus.AVAILABLE, 0.0)
+    rig.status("AW_b", WorkerStatus.AVAILABLE, 1.0)
+    chosen = Counter(rig.offered(rig.create(f"AD_l{n}"))[0] for n in range(500))
+    assert chosen["AW_b"] < 25  # about 500 * 0.01 / 1.01 = 5
+    rig.gone("AW_a")
+    rig.register("AW_c")
+    rig.status("AW_b", WorkerStatus.FULL, 1.0)
+    assert {rig.offered(rig.create(f"AD_g{n}"))[0] for n in range(20)} == {"AW_c"}
 
 
 # -- offering --------------------------------------------------------------------------------------

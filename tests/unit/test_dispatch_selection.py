@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from callboard.dispatch.selection import FLOOR, choose, weight
+from callboard.dispatch.selection import FLOOR, REDRAW_MIN, Draw, choose, weight
 
 CHI2_CRITICAL_2DOF_P001 = 13.816
 
@@ -81,3 +81,62 @@ def test_all_saturated_workers_share_equally() -> None:
     rng = random.Random(5)
     counts = Counter(choose([("a", 1.0), ("b", 2.0), ("c", 9.0)], rng) for _ in range(3000))
     assert chi_square(counts, {"a": 1, "b": 1, "c": 1}) < CHI2_CRITICAL_2DOF_P001
+
+
+# -- Draw: the per-pool table the dispatcher keeps -------------------------------------------------
+
+
+def pool_of(size: int, seed: int) -> list[tuple[str, float]]:
+    rng = random.Random(seed)
+    return [(f"w{n:04}", rng.choice((0.0, 0.1, 0.5, 0.99, 1.0, rng.random()))) for n in range(size)]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 17, REDRAW_MIN, 1000])
+def test_draw_picks_what_choose_picks_for_the_same_seed(size: int) -> None:
+    candidates = pool_of(size, seed=size)
+    draw = Draw(candidates)
+    rng1, rng2 = random.Random(size), random.Random(size)
+    assert [draw.pick(rng1, set()) for _ in range(500)] == [
+        choose(candidates, rng2) for _ in range(500)
+    ]
+
+
+@pytest.mark.parametrize("size", [2, 5, REDRAW_MIN - 1])
+def test_draw_with_tried_workers_in_a_small_pool_picks_what_choose_picks(size: int) -> None:
+    candidates = pool_of(size, seed=size)
+    draw = Draw(candidates)
+    for seed in range(50):
+        tried = set(random.Random(seed).sample([w for w, _ in candidates], size // 2 or 1))
+        rest = [(w, load) for w, load in candidates if w not in tried]
+        if not rest:
+            continue
+        assert draw.pick(random.Random(seed), tried) == choose(rest, random.Random(seed))
+
+
+def test_draw_returns_none_only_when_every_worker_is_tried() -> None:
+    draw = Draw([("a", 0.0), ("b", 0.5)])
+    assert draw.pick(random.Random(1), {"a", "b", "elsewhere"}) is None
+    assert draw.pick(random.Random(1), {"a", "elsewhere"}) == "b"
+    assert draw.pick(random.Random(1), {"elsewhere"}) in {"a", "b"}
+    assert Draw([]).pick(random.Random(1), set()) is None
+
+
+@pytest.mark.parametrize("tried_load", [0.0, 0.99])  # tried workers heavy (many misses) or light
+def test_redrawing_past_tried_workers_keeps_the_weights(tried_load: float) -> None:
+    """A big pool rejects tried workers by drawing again: the rest must keep their shares."""
+    tried = [(f"t{n:02}", tried_load) for n in range(REDRAW_MIN // 2)]
+    rest = (
+        [(f"a{n:02}", 0.1) for n in range(10)]
+        + [(f"b{n:02}", 0.4) for n in range(11)]
+        + [(f"c{n:02}", 0.6) for n in range(REDRAW_MIN // 2 - 21)]
+    )
+    candidates = tried + rest
+    random.Random(0).shuffle(candidates)
+    draw = Draw(candidates)
+    skip = {w for w, _ in tried}
+    rng = random.Random(2025)
+    picks = [draw.pick(rng, skip) for _ in range(3000)]
+    assert not skip.intersection(picks)
+    counts = Counter(str(p)[0] for p in picks)
+    shares = {"a": 10 * 0.9, "b": 11 * 0.6, "c": (REDRAW_MIN // 2 - 21) * 0.4}
+    assert chi_square(counts, shares) < CHI2_CRITICAL_2DOF_P001, counts

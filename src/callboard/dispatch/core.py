@@ -67,7 +67,7 @@ from callboard.dispatch.model import (
     WorkerStatusChanged,
     WorkerView,
 )
-from callboard.dispatch.selection import choose
+from callboard.dispatch.selection import Draw
 from callboard.dispatch.states import InvalidTransition, Trigger, advance, report_trigger
 from callboard.protocol import ids
 from callboard.protocol.errors import WS_POLICY_VIOLATION
@@ -107,6 +107,7 @@ class Dispatcher:
         self._rng = rng if rng is not None else random.Random()
         self._workers: dict[str, WorkerEntry] = {}
         self._pools: dict[PoolKey, dict[str, None]] = {}  # matching workers, by key
+        self._draws: dict[PoolKey, Draw] = {}  # built on demand; dropped when a pool changes
         self._pending: dict[PoolKey, dict[str, None]] = {}  # queued job ids, by key
         self._dispatches: dict[str, DispatchEntry] = {}
         self._live: dict[str, dict[str, None]] = {}  # project -> ids of dispatches not deleted
@@ -224,6 +225,7 @@ class Dispatcher:
         worker = WorkerEntry(info, worker_key(info))
         self._workers[info.worker_id] = worker
         self._pools.setdefault(worker.key, {})[info.worker_id] = None
+        self._draws.pop(worker.key, None)
         message = f"worker {info.worker_id} connected from {info.remote or '?'} ({_serves(info)})"
         self._worker_event("worker.connected", info, message, now)
         self._serve_queue(worker, now)
@@ -233,9 +235,12 @@ class Dispatcher:
         if worker is None:
             return  # a last update racing the disconnect: nothing to change
         was_full = worker.status is WorkerStatus.FULL
+        before = (worker.status, worker.load)
         if event.status is not None:
             worker.status = event.status
         worker.load = event.load
+        if (worker.status, worker.load) != before:
+            self._draws.pop(worker.key, None)
         worker.job_count = event.job_count
         if was_full and worker.status is WorkerStatus.AVAILABLE:
             self._serve_queue(worker, event.now_ms, forgive=True)
@@ -255,6 +260,7 @@ class Dispatcher:
             return
         pool = self._pools[worker.key]
         del pool[worker.worker_id]
+        self._draws.pop(worker.key, None)
         if not pool:
             del self._pools[worker.key]
         message = f"worker {worker.worker_id} disconnected: {event.reason}"
@@ -415,20 +421,30 @@ class Dispatcher:
 
     def _try_offer(self, job: JobEntry, now: int) -> None:
         """Offer a PENDING job to one eligible worker, or leave it queued and say why."""
-        matching = [self._workers[w] for w in self._pools.get(job.key, {})]
-        eligible = [w for w in matching if _eligible(w, job)]
-        lines = [_candidate_line(w, job) for w in matching]
-        if eligible:
-            self._trace(job, now, "candidates", trace.candidates(job.job_id, lines, "", {}))
-            picked = choose([(w.worker_id, w.load) for w in eligible], self._rng)
+        pool = self._pools.get(job.key, {})
+        listed = itertools.islice(pool, trace.MAX_LISTED)
+        lines = [_candidate_line(self._workers[w], job) for w in listed]
+        picked = self._draw(job.key).pick(self._rng, job.tried) if pool else None
+        if picked is not None:
+            detail = trace.candidates(job.job_id, lines, len(pool), "", {})
+            self._trace(job, now, "candidates", detail)
             self._offer(job, self._workers[picked], now)
             return
-        others = [] if matching else self._project_keys(job.key.project_id)
-        full = sum(w.status is WorkerStatus.FULL for w in matching)
-        why = trace.waiting_reason(job.key, full, len(matching) - full, others)
-        detail = trace.candidates(job.job_id, lines, why, mismatches(others, job.key))
+        others = [] if pool else self._project_keys(job.key.project_id)
+        full = sum(self._workers[w].status is WorkerStatus.FULL for w in pool)
+        why = trace.waiting_reason(job.key, full, len(pool) - full, others)
+        detail = trace.candidates(job.job_id, lines, len(pool), why, mismatches(others, job.key))
         self._trace(job, now, "candidates", detail)
         self._queue(job, why, now)
+
+    def _draw(self, key: PoolKey) -> Draw:
+        """The pool's weighted draw over its AVAILABLE workers, built once per pool change."""
+        draw = self._draws.get(key)
+        if draw is None:
+            workers = (self._workers[w] for w in self._pools[key])
+            available = [w for w in workers if w.status is WorkerStatus.AVAILABLE]
+            draw = self._draws[key] = Draw((w.worker_id, w.load) for w in available)
+        return draw
 
     def _project_keys(self, project_id: str) -> list[PoolKey]:
         return [w.key for w in self._workers.values() if w.info.project_id == project_id]
@@ -760,10 +776,6 @@ def _offered_to(job: JobEntry, worker_id: str) -> bool:
 
 def _resumable_by(job: JobEntry, worker: WorkerEntry) -> bool:
     return job.rec.state is JobState.ORPHANED and job.key.same_agent(worker.key)
-
-
-def _eligible(worker: WorkerEntry, job: JobEntry) -> bool:
-    return worker.status is WorkerStatus.AVAILABLE and worker.worker_id not in job.tried
 
 
 def _candidate_line(worker: WorkerEntry, job: JobEntry) -> dict[str, Any]:

@@ -49,12 +49,15 @@ def candidate(worker_id: str, load: float, status: str, remote: str, tried: bool
 
 
 def candidates(
-    job_id: str, lines: Sequence[Detail], why: str, mismatched: dict[str, int]
+    job_id: str, lines: Sequence[Detail], matching: int, why: str, mismatched: dict[str, int]
 ) -> Detail:
-    """Who matched the job; when nobody can take it, why not, and how the others missed."""
+    """Who matched the job; when nobody can take it, why not, and how the others missed.
+
+    `lines` need only cover the first MAX_LISTED of the `matching` workers: the rest are counted.
+    """
     detail: Detail = {"job": job_id, "workers": list(lines[:MAX_LISTED])}
-    if len(lines) > MAX_LISTED:
-        detail["more"] = len(lines) - MAX_LISTED
+    if matching > MAX_LISTED:
+        detail["more"] = matching - MAX_LISTED
     if why:
         detail["why"] = why
     if mismatched:
