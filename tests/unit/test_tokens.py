@@ -390,3 +390,304 @@ def test_any_identity_name_metadata_and_attributes_round_trip(
 )
 def test_bearer(header: str | None, token: str | None) -> None:
     assert bearer(header) == token
+
+
+# -- the standard-library parser, held to what PyJWT said ------------------------------------------
+#
+# `verify` parses each token once with the standard library. Until it did, PyJWT parsed it three
+# times; that implementation is kept here, verbatim, as the reference: on every token below both
+# must accept with the same claims or refuse with the same message.
+
+
+def pyjwt_verify(token: str, secret_for_key: Any, *, now_s: float | None = None) -> Any:
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise Unauthenticated(f"malformed token: {exc}") from None
+    alg = header.get("alg")
+    if alg != "HS256":
+        raise Unauthenticated(f"token algorithm is {alg!r}: only HS256 is accepted")
+    try:
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError as exc:
+        raise Unauthenticated(f"malformed token: {exc}") from None
+    api_key = unverified.get("iss")
+    if not isinstance(api_key, str) or not api_key:
+        raise Unauthenticated("token has no issuer (iss): it must name the API key that signed it")
+    secret = secret_for_key(api_key)
+    if secret is None:
+        raise Unauthenticated(f"unknown API key {api_key!r} (revoked, or never issued)")
+    options: Any = {"require": ["exp"], "verify_exp": False, "verify_nbf": False,
+                    "verify_iat": False, "verify_aud": False}
+    try:
+        payload = jwt.decode(token, secret, algorithms=["HS256"], issuer=api_key, options=options)
+    except jwt.InvalidSignatureError:
+        raise Unauthenticated(f"invalid token signature for API key {api_key}") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise Unauthenticated(f"token is missing the required claim {exc.claim!r}") from None
+    except jwt.PyJWTError as exc:
+        raise Unauthenticated(f"invalid token: {exc}") from None
+    tokens._check_times(payload, api_key, time.time() if now_s is None else now_s)
+    return tokens._claims_from_payload(api_key, payload)
+
+
+def outcome(check: Any, token: str, secrets: dict[str, str] | None = None) -> object:
+    try:
+        return check(token, (secrets or SECRETS).get, now_s=NOW + 10)
+    except Exception as exc:  # compared, type and message, with the reference's
+        return (type(exc).__name__, str(exc))
+
+
+def assert_same_as_pyjwt(token: str, secrets: dict[str, str] | None = None) -> object:
+    ours = outcome(verify, token, secrets)
+    assert ours == outcome(pyjwt_verify, token, secrets)
+    return ours
+
+
+def b64(data: bytes | str) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def signed(header_segment: str, payload_segment: str, secret: str = SECRET) -> str:
+    """header.payload as given (padding, odd spellings and all), signed over exactly those bytes."""
+    signing_input = f"{header_segment}.{payload_segment}"
+    digest = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(digest)}"
+
+
+GOOD = raw_token(claims_for(video={"agent": True}))
+GOOD_HEADER, GOOD_PAYLOAD, GOOD_SIGNATURE = GOOD.split(".")
+HS256 = b64('{"alg":"HS256","typ":"JWT"}')
+PAYLOAD = b64(json.dumps(claims_for()))
+
+
+def test_the_reference_accepts_what_verify_accepts() -> None:
+    claims = assert_same_as_pyjwt(GOOD)
+    assert isinstance(claims, tokens.TokenClaims) and claims.video.agent
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        # shape
+        "", ".", "..", "...", "a", "a.b", "a.b.c.d", f"{GOOD}.", f"{GOOD}.x", f".{GOOD}",
+        f"{GOOD_HEADER}..{GOOD_SIGNATURE}", f"{GOOD_HEADER}.{GOOD_PAYLOAD}.",
+        f"{GOOD_HEADER}.{GOOD_PAYLOAD}.{GOOD_PAYLOAD}.{GOOD_SIGNATURE}",
+        f" {GOOD}", f"{GOOD} ", f"{GOOD}\n", GOOD.replace(".", ". ", 1),
+        # the alphabet, padding and canonical spelling of each segment
+        f"{GOOD_HEADER}=.{GOOD_PAYLOAD}.{GOOD_SIGNATURE}",
+        f"{GOOD_HEADER}.{GOOD_PAYLOAD}.{GOOD_SIGNATURE}=",
+        f"{GOOD_HEADER}.{GOOD_PAYLOAD}.{GOOD_SIGNATURE}===",
+        f"{GOOD_HEADER}.{GOOD_PAYLOAD}=.{GOOD_SIGNATURE}",
+        f"{GOOD_HEADER}.{GOOD_PAYLOAD}====.{GOOD_SIGNATURE}",
+        f"={GOOD_HEADER}.{GOOD_PAYLOAD}.{GOOD_SIGNATURE}",
+        f"{GOOD_HEADER}.{GOOD_PAYLOAD}x.{GOOD_SIGNATURE}",  # length 1 mod 4
+        GOOD.replace("-", "+"), GOOD.replace("_", "/"), GOOD[:-1] + "!", GOOD[:-1] + "é",
+        GOOD[:-1] + chr(ord(GOOD[-1]) ^ 1),
+        f"{GOOD_HEADER}.{GOOD_PAYLOAD}.{GOOD_SIGNATURE[:-1]}",
+        # headers
+        signed(b64("not json"), PAYLOAD), signed(b64("[1]"), PAYLOAD),
+        signed(b64('"HS256"'), PAYLOAD),
+        signed(b64("null"), PAYLOAD), signed(b64(b"\xff\xfe\xfa"), PAYLOAD), signed("", PAYLOAD),
+        signed(b64("[" * 100_000), PAYLOAD),
+        signed(b64('{"alg":"HS256","alg":"none"}'), PAYLOAD),
+        signed(b64('{"alg":"none","alg":"HS256"}'), PAYLOAD),
+        signed(b64('{"alg":"hs256"}'), PAYLOAD), signed(b64('{"alg":null}'), PAYLOAD),
+        signed(b64('{"alg":["HS256"]}'), PAYLOAD), signed(b64('{"alg":""}'), PAYLOAD),
+        signed(b64('{"alg":"RS256"}'), PAYLOAD),
+        signed(b64('{"alg":"HS256","typ":"xyz"}'), PAYLOAD),
+        signed(b64('{"alg":"HS256","kid":7}'), PAYLOAD),
+        signed(b64('{"alg":"HS256","kid":"k1"}'), PAYLOAD),
+        signed(b64('{"alg":"HS256","crit":"b64"}'), PAYLOAD),
+        signed(b64('{"alg":"HS256","crit":[]}'), PAYLOAD),
+        signed(b64('{"alg":"HS256","crit":[1]}'), PAYLOAD),
+        signed(b64('{"alg":"HS256","crit":["exp"]}'), PAYLOAD),
+        signed(b64('{"alg":"HS256","crit":["b64"]}'), PAYLOAD),
+        signed(b64('{"alg":"HS256","crit":["b64"],"b64":true}'), PAYLOAD),
+        signed(b64('{"alg":"HS256","b64":false}'), PAYLOAD),
+        signed(b64('{"alg":"HS256","b64":false}'), ""),
+        signed(b64('{"alg":"HS256","b64":false,"crit":["b64"]}'), ""),
+        signed(b64('{"alg":"HS256","b64":0}'), PAYLOAD),
+        signed(b64('{"alg":"none","kid":1}'), PAYLOAD),
+        # payloads
+        signed(HS256, b64("not json")), signed(HS256, b64("[1]")), signed(HS256, b64("7")),
+        signed(HS256, ""), signed(HS256, b64("{")), signed(HS256, b64(b"\xff")),
+        signed(HS256, b64("[" * 100_000)), signed(HS256, b64("{}")),
+        signed(HS256, b64('{"iss":""}')), signed(HS256, b64('{"iss":7}')),
+        signed(HS256, b64(json.dumps(claims_for(sub=7)))),
+        signed(HS256, b64(json.dumps(claims_for(sub=None)))),
+        signed(HS256, b64(json.dumps(claims_for(jti=7)))),
+        signed(HS256, b64(json.dumps(claims_for(jti="j1")))),
+        signed(HS256, b64(json.dumps(claims_for(exp=None)))),
+        signed(HS256, b64(json.dumps(claims_for(exp=0)))),
+        signed(HS256, b64(json.dumps(claims_for(exp=NOW + 0.5)))),
+        signed(HS256, b64(json.dumps(claims_for(nbf=None, iat=NOW - 5)))),
+        signed(HS256, b64(json.dumps(claims_for(iat="soon")))),
+        signed(HS256, b64(json.dumps(claims_for(aud="someone")))),
+        signed(HS256, b64(json.dumps(claims_for(iss=KEY.lower())))),
+        signed(HS256, b64(json.dumps(claims_for(), ensure_ascii=False))),
+        signed(HS256, b64(json.dumps(claims_for(name="Zoë ☎")).encode("utf-16"))),
+        signed(HS256, b64(json.dumps(claims_for()) + " \n")),
+        signed(HS256, b64(json.dumps(claims_for()) + " {}")),
+        # signatures
+        signed(HS256, PAYLOAD, secret=SECRET + "x"), f"{HS256}.{PAYLOAD}.",
+        f"{HS256}.{PAYLOAD}.{b64(b'short')}",
+        lk_token(), api.AccessToken(KEY, SECRET + "x").to_jwt(), mint_job_token(job_request()),
+        jwt.encode(claims_for(), SECRET, algorithm="HS256", headers={"kid": "k"}),
+        jwt.encode(claims_for(), SECRET, algorithm="HS512"),
+        jwt.encode(claims_for(), "", algorithm="none"),
+    ],
+)
+def test_verify_refuses_and_accepts_exactly_as_pyjwt_did(token: str) -> None:
+    assert_same_as_pyjwt(token)
+
+
+def test_a_token_that_is_not_even_utf8_is_malformed_where_pyjwt_crashed() -> None:
+    """The one deliberate difference: PyJWT's `str.encode` raised UnicodeEncodeError (a 500)."""
+    token = GOOD[:-1] + "\ud800"
+    with pytest.raises(UnicodeEncodeError):
+        pyjwt_verify(token, lookup, now_s=NOW)
+    with pytest.raises(Unauthenticated, match="malformed token: Invalid crypto padding"):
+        verify(token, lookup, now_s=NOW)
+
+
+@pytest.mark.parametrize("secret", ["", "{\"kty\": \"oct\", \"k\": \"abc\"}", "ssh-rsa AAAAB3Nza",
+                                    "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----",
+                                    "secret", "é" * 40])
+def test_secrets_are_vetted_as_pyjwt_vetted_them(secret: str) -> None:
+    token = signed(HS256, PAYLOAD, secret=secret)
+    result = assert_same_as_pyjwt(token, {KEY: secret})
+    if secret in ("", "secret", "é" * 40):
+        assert isinstance(result, tokens.TokenClaims) or "HMAC key must not be empty" in str(result)
+    else:
+        assert "should not be used" in str(result)
+
+
+def test_a_key_shaped_secret_is_refused_every_time_not_just_once() -> None:
+    """The vetting is memoised per secret; a refusal is not, so it cannot be skipped later."""
+    pem = {KEY: "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----"}
+    token = signed(HS256, PAYLOAD, secret=pem[KEY])
+    for _ in range(3):
+        with pytest.raises(Unauthenticated, match="invalid token: The specified key is an"):
+            verify(token, pem.get, now_s=NOW)
+
+
+def test_a_revoked_key_is_unknown_even_though_its_secret_was_seen() -> None:
+    secrets = dict(SECRETS)
+    token = raw_token(claims_for())
+    assert verify(token, secrets.get, now_s=NOW).identity == "alice"
+    del secrets[KEY]
+    with pytest.raises(Unauthenticated, match="unknown API key"):
+        verify(token, secrets.get, now_s=NOW)
+
+
+def test_padding_is_tolerated_and_the_signature_covers_the_bytes_as_sent() -> None:
+    header, payload = HS256 + "=" * (-len(HS256) % 4), PAYLOAD + "=" * (-len(PAYLOAD) % 4)
+    assert header != HS256 or payload != PAYLOAD  # at least one segment really is padded
+    padded = signed(header, payload)
+    assert verify(padded, lookup, now_s=NOW).identity == "alice"
+    assert_same_as_pyjwt(padded)
+    # the same claims, padded after signing: the signature no longer covers what was sent
+    signature = signed(HS256, PAYLOAD).rsplit(".", 1)[1]
+    with pytest.raises(Unauthenticated, match=f"invalid token signature for API key {KEY}"):
+        verify(f"{header}.{payload}.{signature}", lookup, now_s=NOW)
+
+
+def test_a_non_canonical_spelling_of_the_same_bytes_is_malformed() -> None:
+    """Base64 of a length that leaves spare low bits in the last character: setting them spells
+    the same bytes differently. One token has one spelling, so that is refused, not accepted."""
+    assert len(PAYLOAD) % 4 in (2, 3)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = PAYLOAD[-1]
+    odd = PAYLOAD[:-1] + alphabet[alphabet.index(last) | 1]
+    assert odd != PAYLOAD and base64.urlsafe_b64decode(odd + "==") == base64.urlsafe_b64decode(
+        PAYLOAD + "=="
+    )
+    with pytest.raises(Unauthenticated, match="malformed token: Invalid payload padding"):
+        verify(signed(HS256, odd), lookup, now_s=NOW)
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        (f"{GOOD}.{GOOD_SIGNATURE}", "malformed token: Invalid payload padding"),
+        (f"{GOOD_HEADER}.{GOOD_PAYLOAD}", "malformed token: Not enough segments"),
+        (signed(b64("{alg: HS256}"), PAYLOAD), "malformed token: Invalid header string"),
+        (signed(b64('["HS256"]'), PAYLOAD), "malformed token: Invalid header string: must be"),
+        (signed(HS256, b64("[]")), "malformed token: Invalid payload string: must be a json"),
+        (GOOD.replace(GOOD_SIGNATURE, GOOD_SIGNATURE + "%"), "malformed token: Invalid crypto"),
+        (signed(b64('{"alg":"HS256","crit":["exp"]}'), PAYLOAD),
+         "malformed token: Unsupported critical extension: exp"),
+        (signed(HS256, b64(json.dumps(claims_for(sub=7)))), "invalid token: Subject must be"),
+    ],
+)
+def test_malformed_tokens_say_what_is_wrong(token: str, message: str) -> None:
+    with pytest.raises(Unauthenticated, match=message):
+        verify(token, lookup, now_s=NOW)
+
+
+_EDITS = st.tuples(st.integers(min_value=0, max_value=10_000),
+                   st.sampled_from(["delete", "insert", "replace"]),
+                   st.sampled_from([*"Aa0-_+/.=!é \n", "AA", "=="]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(base=st.sampled_from([GOOD, mint_job_token(job_request(), now_s=NOW),
+                             signed(HS256, PAYLOAD + "=" * (-len(PAYLOAD) % 4))]),
+       edits=st.lists(_EDITS, min_size=1, max_size=3))
+def test_any_damaged_token_gets_pyjwts_verdict(
+    base: str, edits: list[tuple[int, str, str]]
+) -> None:
+    token = base
+    for at, kind, text in edits:
+        at %= len(token) + 1
+        if kind == "delete":
+            token = token[:at] + token[at + 1:]
+        elif kind == "insert":
+            token = token[:at] + text + token[at:]
+        else:
+            token = token[:at] + text + token[at + len(text):]
+    assert_same_as_pyjwt(token)
+
+
+# -- signing with the standard library, byte for byte what PyJWT made ------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(claims=st.dictionaries(st.text(), _JSON, max_size=6), secret=st.text(min_size=1))
+def test_sign_is_byte_for_byte_pyjwt_encode(claims: dict[str, Any], secret: str) -> None:
+    claims.pop("iss", None)
+    try:
+        expected: object = jwt.encode(claims, secret, algorithm="HS256")
+    except jwt.InvalidKeyError as exc:  # a secret that is JSON with "kty", or key-shaped
+        with pytest.raises(jwt.InvalidKeyError, match="HMAC secret"):
+            tokens.sign(claims, secret)
+        expected = exc
+    else:
+        assert tokens.sign(claims, secret) == expected
+
+
+def test_sign_matches_pyjwt_on_datetimes_and_refuses_what_it_refused() -> None:
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    claims = {"iss": KEY, "exp": when, "nbf": when, "iat": when, "x": "☎"}
+    assert tokens.sign(claims, SECRET) == jwt.encode(claims, SECRET, algorithm="HS256")
+    with pytest.raises(TypeError, match=r"Issuer \(iss\) must be a string"):
+        tokens.sign({"iss": 7}, SECRET)
+    with pytest.raises(jwt.InvalidKeyError, match="HMAC key must not be empty"):
+        tokens.sign({"iss": KEY}, "")
+    with pytest.raises(jwt.InvalidKeyError, match="should not be used"):
+        mint_job_token(job_request(api_secret="ssh-ed25519 AAAA"))
+
+
+def test_a_job_token_is_byte_for_byte_what_pyjwt_made() -> None:
+    token = mint_job_token(job_request(), now_s=NOW)
+    payload = jwt.decode(token, SECRET, algorithms=["HS256"], options={"verify_exp": False,
+                                                                       "verify_nbf": False})
+    assert token == jwt.encode(payload, SECRET, algorithm="HS256")

@@ -3,22 +3,39 @@
 HS256 only, `iss` is the API key, `exp` is required, 60 s of leeway, camelCase grants. Verification
 looks the key up first (so an unknown key and a bad signature give different, precise errors), then
 checks the signature with that key's secret.
+
+Parsing, signing and verifying are done here with the standard library (one parse per token), with
+the checks and messages PyJWT 2.x gave; PyJWT itself only vets each secret once (`_hmac_key`) and
+remains the cross-check in the tests.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
+import hmac
+import json
+import re
 import time
+import warnings
+from calendar import timegm
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
+from jwt.warnings import InsecureKeyLengthWarning
 
 from callboard.protocol.errors import Unauthenticated
 
 LEEWAY_S = 60
 JOB_TOKEN_TTL_S = 3600
 ALGORITHM = "HS256"
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)
@@ -109,58 +126,143 @@ def verify(
 
     `now_s` is the clock (default: the wall clock); exp, nbf and iat are all judged against it with
     `LEEWAY_S` of slack, as livekit-server does.
+
+    The token is parsed once, with the standard library, and checked in the order (and with the
+    messages) PyJWT 2.x gave when it did this work: shape, algorithm, issuer, key, signature over
+    the exact bytes sent, then the claims.
     """
-    _check_algorithm(token)
-    api_key = _issuer(token)
+    signing_input, header, payload_bytes, signature = _parse(token)
+    alg = header.get("alg")
+    if alg != ALGORITHM:
+        raise Unauthenticated(f"token algorithm is {alg!r}: only {ALGORITHM} is accepted")
+    payload = _unverified_payload(header, payload_bytes)
+    api_key = payload.get("iss")
+    if not isinstance(api_key, str) or not api_key:
+        raise Unauthenticated("token has no issuer (iss): it must name the API key that signed it")
     secret = secret_for_key(api_key)
     if secret is None:
         raise Unauthenticated(f"unknown API key {api_key!r} (revoked, or never issued)")
-    payload = _verified_payload(token, secret, api_key)
+    try:
+        key = _hmac_key(secret)
+    except jwt.InvalidKeyError as exc:
+        raise Unauthenticated(f"invalid token: {exc}") from None
+    expected = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    if not hmac.compare_digest(signature, expected):
+        raise Unauthenticated(f"invalid token signature for API key {api_key}")
+    _check_registered_claims(payload)
     _check_times(payload, api_key, time.time() if now_s is None else now_s)
     return _claims_from_payload(api_key, payload)
 
 
-def _check_algorithm(token: str) -> None:
+def _parse(token: str) -> tuple[str, dict[str, Any], bytes, bytes]:
+    """Split and decode the three segments: (signing input as sent, header, payload bytes,
+    signature). Anything that is not a compact JWS with a JSON-object header is malformed."""
+    signing_input, _, crypto_segment = token.rpartition(".")
+    header_segment, dot, payload_segment = signing_input.partition(".")
+    if not dot:
+        raise Unauthenticated("malformed token: Not enough segments")
+    header_data = _segment(header_segment, "header")
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError as exc:
-        raise Unauthenticated(f"malformed token: {exc}") from None
-    alg = header.get("alg")
-    if alg != ALGORITHM:
-        raise Unauthenticated(f"token algorithm is {alg!r}: only {ALGORITHM} is accepted")
+        header = json.loads(header_data)
+    except (ValueError, RecursionError) as exc:
+        raise Unauthenticated(f"malformed token: Invalid header string: {exc}") from None
+    if not isinstance(header, dict):
+        raise Unauthenticated("malformed token: Invalid header string: must be a json object")
+    if header.get("b64", True) is False:  # RFC 7797 unencoded payload: never accepted, see below
+        if payload_segment:
+            raise Unauthenticated(
+                "malformed token: Payload segment must be empty when 'b64' is false."
+            )
+        payload = b""
+    else:
+        payload = _segment(payload_segment, "payload")
+    signature = _segment(crypto_segment, "crypto")
+    _check_header(header)
+    return signing_input, header, payload, signature
 
 
-def _issuer(token: str) -> str:
-    try:
-        unverified = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError as exc:
-        raise Unauthenticated(f"malformed token: {exc}") from None
-    api_key = unverified.get("iss")
-    if not isinstance(api_key, str) or not api_key:
-        raise Unauthenticated("token has no issuer (iss): it must name the API key that signed it")
-    return api_key
+def _segment(segment: str, name: str) -> bytes:
+    """Base64url without padding; up to two trailing '=' tolerated (as some issuers send), but
+    nothing outside the alphabet and no non-canonical encodings (stray low bits in the last
+    character), so one token has exactly one spelling."""
+    stripped = segment.rstrip("=")
+    padding = len(segment) - len(stripped)
+    if (
+        padding > 2
+        or (padding and len(segment) % 4)
+        or len(stripped) % 4 == 1
+        or not _BASE64URL.fullmatch(stripped)
+    ):
+        raise Unauthenticated(f"malformed token: Invalid {name} padding")
+    decoded = base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
+    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != stripped.encode():
+        raise Unauthenticated(f"malformed token: Invalid {name} padding")
+    return decoded
 
 
-def _verified_payload(token: str, secret: str, api_key: str) -> dict[str, Any]:
-    """Signature, issuer and the presence of exp; times are checked by `_check_times`."""
-    options: Any = {
-        "require": ["exp"],
-        "verify_exp": False,
-        "verify_nbf": False,
-        "verify_iat": False,
-        "verify_aud": False,
-    }
-    try:
-        payload: dict[str, Any] = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], issuer=api_key, options=options
+def _check_header(header: Mapping[str, Any]) -> None:
+    """As PyJWT's `_validate_headers`: `kid` must be a string; every `crit` extension must be one
+    we understand (RFC 7515 §4.1.11), and the only one is `b64`."""
+    if "kid" in header and not isinstance(header["kid"], str):
+        raise Unauthenticated("malformed token: Key ID header parameter must be a string")
+    if "crit" not in header:
+        return
+    crit = header["crit"]
+    if not isinstance(crit, list) or not crit:
+        raise Unauthenticated("malformed token: Invalid 'crit' header: must be a non-empty list")
+    for ext in crit:
+        if not isinstance(ext, str):
+            raise Unauthenticated("malformed token: Invalid 'crit' header: values must be strings")
+        if ext != "b64":
+            raise Unauthenticated(f"malformed token: Unsupported critical extension: {ext}")
+        if ext not in header:
+            raise Unauthenticated(
+                f"malformed token: Critical extension '{ext}' is missing from headers"
+            )
+
+
+def _unverified_payload(header: Mapping[str, Any], payload_bytes: bytes) -> dict[str, Any]:
+    if header.get("b64", True) is False:
+        crit = header.get("crit") or []
+        if not isinstance(crit, list) or "b64" not in crit:
+            raise Unauthenticated(
+                "malformed token: The 'b64' header parameter requires 'b64' to be listed in "
+                "'crit'."
+            )
+        raise Unauthenticated(  # PyJWT's words: we never pass a detached payload
+            'malformed token: It is required that you pass in a value for the "detached_payload" '
+            "argument to decode a message having the b64 header set to false."
         )
-    except jwt.InvalidSignatureError:
-        raise Unauthenticated(f"invalid token signature for API key {api_key}") from None
-    except jwt.MissingRequiredClaimError as exc:
-        raise Unauthenticated(f"token is missing the required claim {exc.claim!r}") from None
-    except jwt.PyJWTError as exc:
-        raise Unauthenticated(f"invalid token: {exc}") from None
+    try:
+        payload = json.loads(payload_bytes)
+    except (ValueError, RecursionError) as exc:
+        raise Unauthenticated(f"malformed token: Invalid payload string: {exc}") from None
+    if not isinstance(payload, dict):
+        raise Unauthenticated("malformed token: Invalid payload string: must be a json object")
     return payload
+
+
+@functools.lru_cache(maxsize=256)
+def _hmac_key(secret: str) -> bytes:
+    """The secret as HMAC key bytes, vetted once per secret (not per token) by PyJWT's own
+    `prepare_key`: an empty secret, or one that is really a PEM/SSH/DER key or a JWK, is refused
+    with PyJWT's message, as it was when PyJWT checked every token."""
+    hs256 = HMACAlgorithm(HMACAlgorithm.SHA256)
+    key = hs256.prepare_key(secret)  # raises jwt.InvalidKeyError
+    too_short = hs256.check_key_length(key)
+    if too_short:  # LiveKit's dev secret "secret" is 6 bytes; PyJWT warned, so do we
+        warnings.warn(too_short, InsecureKeyLengthWarning, stacklevel=3)
+    return key
+
+
+def _check_registered_claims(payload: Mapping[str, Any]) -> None:
+    """After the signature, as PyJWT did: exp is required; sub and jti, if present, are strings."""
+    if payload.get("exp") is None:
+        raise Unauthenticated("token is missing the required claim 'exp'")
+    if "sub" in payload and not isinstance(payload["sub"], str):
+        raise Unauthenticated("invalid token: Subject must be a string")
+    if "jti" in payload and not isinstance(payload["jti"], str):
+        raise Unauthenticated("invalid token: JWT ID must be a string")
 
 
 def _check_times(payload: Mapping[str, Any], api_key: str, now_s: float) -> None:
@@ -288,11 +390,35 @@ def mint_job_token(req: JobTokenRequest, *, now_s: float | None = None) -> str:
         payload["metadata"] = req.metadata
     if req.attributes:
         payload["attributes"] = dict(req.attributes)
-    return jwt.encode(payload, req.api_secret, algorithm=ALGORITHM)
+    return _encode(payload, req.api_secret)
 
 
 def sign(payload: Mapping[str, Any], secret: str) -> str:
-    return jwt.encode(dict(payload), secret, algorithm=ALGORITHM)
+    """An HS256 JWT of `payload`, byte for byte what `jwt.encode(payload, secret, "HS256")` makes
+    (datetime exp/iat/nbf become seconds; a non-string iss is a TypeError; an empty or
+    key-shaped secret is PyJWT's `InvalidKeyError`)."""
+    claims = dict(payload)
+    for name in ("exp", "iat", "nbf"):
+        value = claims.get(name)
+        if isinstance(value, datetime):
+            claims[name] = timegm(value.utctimetuple())
+    if "iss" in claims and not isinstance(claims["iss"], str):
+        raise TypeError("Issuer (iss) must be a string.")
+    return _encode(claims, secret)
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+_HEADER_SEGMENT = _b64(b'{"alg":"HS256","typ":"JWT"}')  # PyJWT's header: sorted keys, compact
+
+
+def _encode(claims: dict[str, Any], secret: str) -> str:
+    body = json.dumps(claims, separators=(",", ":")).encode()
+    signing_input = _HEADER_SEGMENT + b"." + _b64(body)
+    signature = hmac.new(_hmac_key(secret), signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + _b64(signature)).decode()
 
 
 def bearer(header: str | None) -> str | None:
