@@ -691,3 +691,12 @@ def test_a_job_token_is_byte_for_byte_what_pyjwt_made() -> None:
     payload = jwt.decode(token, SECRET, algorithms=["HS256"], options={"verify_exp": False,
                                                                        "verify_nbf": False})
     assert token == jwt.encode(payload, SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize("bad_exp", [float("nan"), float("inf"), float("-inf")])
+def test_a_signed_token_with_a_non_finite_exp_is_refused_not_a_crash(bad_exp: float) -> None:
+    """json.dumps writes NaN/Infinity, and Python's json reads them back: a key holder could
+    send one; it must be an authentication error, never an uncaught exception."""
+    token = tokens.sign({"iss": "APIkey", "exp": bad_exp}, "s" * 32)
+    with pytest.raises(Unauthenticated, match="'exp' must be a number"):
+        tokens.verify(token, lambda key: "s" * 32)

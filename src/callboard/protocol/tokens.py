@@ -16,6 +16,7 @@ import functools
 import hashlib
 import hmac
 import json
+import math
 import re
 import time
 import warnings
@@ -288,7 +289,7 @@ def _seconds(payload: Mapping[str, Any], name: str) -> float | None:
     value = payload.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise Unauthenticated(f"malformed token: claim {name!r} must be a number, got {value!r}")
     return float(value)
 
