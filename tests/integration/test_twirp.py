@@ -211,3 +211,20 @@ async def test_revoked_key_disconnects_its_workers_at_once(
         with pytest.raises(api.TwirpError) as info:
             await lkapi.room.list_rooms(ListRoomsRequest())
         assert info.value.code == "unauthenticated"
+
+
+async def test_concurrent_dispatches_to_one_new_room_share_one_room(
+    server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    """Twenty CreateDispatch calls racing to create the same room: one room, one sid."""
+    worker = await light_worker(http, server, "racer")
+    async with lk_api(server) as lkapi:
+        await asyncio.gather(*(
+            lkapi.agent_dispatch.create_dispatch(
+                CreateAgentDispatchRequest(agent_name="racer", room="contended"))
+            for _ in range(20)
+        ))
+        rooms = await lkapi.room.list_rooms(ListRoomsRequest(names=["contended"]))
+    sids = {(await worker.next("assignment")).assignment.job.room.sid for _ in range(20)}
+    assert [r.sid for r in rooms.rooms] == list(sids)
+    await worker.close()
