@@ -35,7 +35,6 @@ import json
 import math
 import os
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -68,6 +67,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from callboard.rtc.relay import pass_through  # noqa: E402
 from callboard.rtc.sdp import parse_trickle  # noqa: E402
+from common import free_port  # noqa: E402
 
 KEY, SECRET = "devkey", "secret"  # LiveKit's dev credentials: PyJWT warns about their length
 warnings.filterwarnings("ignore", message=".*HMAC key.*")
@@ -265,13 +265,6 @@ class LkClient:
 
 
 # -- the server under test ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

@@ -32,7 +32,6 @@ import os
 import platform
 import resource
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -54,6 +53,7 @@ from livekit.protocol import agent as pb
 from livekit.protocol import agent_dispatch as dpb
 
 from callboard.client.worker import WorkerProtocol, worker_token
+from common import bounded_gather, free_port, log, raise_nofile
 
 T = TypeVar("T")
 
@@ -66,10 +66,6 @@ ASSIGNMENT_TIMEOUT_S = 10.0
 CONNECT_CONCURRENCY = 50
 NOFILE_WANTED = 8192
 NOISY_PCT = 15.0  # other processes' CPU, % of one core, above which the run is flagged
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 class BenchError(Exception):
@@ -128,12 +124,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool, Path | None
 
 # --------------------------------------------------------------------------------------------------
 # Server processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -222,16 +212,6 @@ def make_server(name: str, workdir: Path, tag: str, cfg: Config) -> Server:
     return Server(name, argv, port, log_path, db=db)
 
 
-def raise_nofile(wanted: int) -> int:
-    """Raise the open-file limit (servers started later inherit it); returns the new limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    return soft
-
-
 # --------------------------------------------------------------------------------------------------
 # Workers: the light client's sans-IO `WorkerProtocol`, driven by a lean loop of our own
 
@@ -312,16 +292,6 @@ class BenchWorker:
             self._reader.cancel()
             with contextlib.suppress(BaseException):
                 await self._reader
-
-
-async def bounded_gather(factories: list[Callable[[], Awaitable[T]]], limit: int) -> list[T]:
-    gate = asyncio.Semaphore(limit)
-
-    async def run(factory: Callable[[], Awaitable[T]]) -> T:
-        async with gate:
-            return await factory()
-
-    return list(await asyncio.gather(*(run(f) for f in factories)))
 
 
 async def connect_workers(session: aiohttp.ClientSession, url: str, board: Board,

@@ -45,9 +45,7 @@ import json
 import logging
 import os
 import platform
-import resource
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -68,6 +66,7 @@ from livekit.protocol import models
 from livekit.protocol import rtc as pb
 
 from callboard.rtc.sdp import parse_trickle
+from common import bounded_gather, free_port, log, raise_nofile
 
 T = TypeVar("T")
 
@@ -84,10 +83,6 @@ MIN_DELIVERY = 0.99
 MAX_MESSAGE_P99_MS = 500.0  # a room whose messages take longer than this is not being held
 NOISY_PCT = 25.0  # other processes' CPU, % of one core, above which a step is flagged as noisy
 NOFILE_WANTED = 8192
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 class BenchError(Exception):
@@ -219,12 +214,6 @@ class LoopLag:
 
 # --------------------------------------------------------------------------------------------------
 # The server process
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -611,16 +600,6 @@ class LightClient:
                 await task
 
 
-async def bounded_gather(factories: list[Callable[[], Awaitable[T]]], limit: int) -> list[T]:
-    gate = asyncio.Semaphore(limit)
-
-    async def run(factory: Callable[[], Awaitable[T]]) -> T:
-        async with gate:
-            return await factory()
-
-    return list(await asyncio.gather(*(run(f) for f in factories)))
-
-
 @dataclass
 class Fleet:
     """Every light client of the capacity run, added room by room."""
@@ -887,13 +866,6 @@ def _noise(steps: list[dict[str, Any]]) -> list[str]:
     worst = max(s["others_cpu_pct"] for s in noisy)
     return [f"noisy machine: other processes used more than {NOISY_PCT:g} % of a core in "
             f"{len(noisy)} of {len(steps)} steps (up to {worst:.0f} %)"]
-
-
-def raise_nofile(wanted: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 _said = {"lost": False}
