@@ -1119,6 +1119,29 @@ def test_trace_of_an_assigned_dispatch() -> None:
     assert record is not None and record.trace[3].at_ms == T0 + 120
 
 
+def test_candidate_lines_follow_every_worker_change() -> None:
+    """Candidate lines are shared between jobs of a pool until a worker changes."""
+    rig = Rig()
+    rig.register("AW_a", agent="bot")
+    rig.status("AW_a", WorkerStatus.AVAILABLE, 0.25)
+
+    def listed(dispatch_id: str) -> list[tuple[str, float, str]]:
+        rig.create(dispatch_id, agent="bot")
+        _, detail = rig.trace(dispatch_id)[1]
+        return [(w["worker_id"], w["load"], w["status"]) for w in detail["workers"]]
+
+    assert listed("AD_1") == [("AW_a", 0.25, "available")]
+    rig.status("AW_a", WorkerStatus.AVAILABLE, 0.5)
+    assert listed("AD_2") == [("AW_a", 0.5, "available")]
+    rig.register("AW_b", agent="bot")
+    assert listed("AD_3") == [("AW_a", 0.5, "available"), ("AW_b", 0.0, "available")]
+    rig.status("AW_b", WorkerStatus.FULL, 1.0)
+    assert listed("AD_4") == [("AW_a", 0.5, "available"), ("AW_b", 1.0, "full")]
+    rig.gone("AW_a")
+    assert listed("AD_5") == [("AW_b", 1.0, "full")]
+    assert rig.trace("AD_1")[1][1]["workers"][0]["load"] == 0.25  # earlier traces unchanged
+
+
 def test_trace_explains_a_developer_worker_vs_production_credentials() -> None:
     rig = Rig()
     rig.register("AW_laptop", agent="bot", owner="alice")

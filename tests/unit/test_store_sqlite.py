@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
 import subprocess
@@ -484,8 +485,8 @@ async def test_bad_op_fails_only_its_own_future(
         bad = asyncio.ensure_future(store.create_project("taken"))
         good_b = asyncio.ensure_future(store.create_project("b"))
         store.submit_event(RecordEvent(None, "bad", 1, "no project"))  # type: ignore[arg-type]
-        store.submit_event(event("after"))
-        await until(lambda: store.queued == 5)
+        store.submit_event(event("after"))  # joins the bad event's op: records go together
+        await until(lambda: store.queued == 4)
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
@@ -601,3 +602,102 @@ async def test_data_survives_a_kill_after_flush(db: Path) -> None:
         assert len(events) == 500
     finally:
         await s.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Submitted records: written together, rooms visible before their commit
+
+
+def file_rows(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Straight from the file, past the store's in-memory view."""
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+async def test_a_submitted_room_is_found_before_and_after_its_commit(
+    store: SqliteStore, db: Path
+) -> None:
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # the writer cannot commit yet
+        store.submit_room(room("r1"))
+        assert file_rows(db, "SELECT name FROM rooms") == []
+        assert store.get_room("P_a", "r1") == room("r1")
+        assert [r.name for r in store.list_rooms("P_a")] == ["r1"]
+        assert store.list_rooms("P_a", ["other"]) == [] and store.list_rooms("P_b") == []
+        assert store.get_room("P_b", "r1") is None
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await store.flush()
+    assert file_rows(db, "SELECT name FROM rooms") == [("r1",)]
+    assert store.get_room("P_a", "r1") == room("r1")
+
+
+async def test_delete_then_recreate_keeps_the_order(store: SqliteStore, db: Path) -> None:
+    store.submit_room(room("r1"))
+    deleting = asyncio.ensure_future(store.delete_room("P_a", "r1"))
+    await asyncio.sleep(0)  # the delete is queued behind the first save
+    assert store.get_room("P_a", "r1") is None
+    again = dataclasses.replace(room("r1"), sid="RM_again")
+    store.submit_room(again)
+    await deleting
+    await store.flush()
+    assert file_rows(db, "SELECT sid FROM rooms") == [("RM_again",)]
+
+
+async def test_a_dispatch_saved_many_times_is_written_once_as_its_newest(
+    store: SqliteStore, db: Path
+) -> None:
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        batches = store.stats.batches
+        store.submit_event(event("first"))
+        await until(lambda: store.stats.batches == batches + 1)  # the writer waits on the lock
+        base = dispatch("AD_1")
+        for n in range(3):
+            grown = (*base.trace, TraceEntry(600 + n, f"step {n}", {"n": n}))
+            store.submit_dispatch(dataclasses.replace(base, trace=grown))
+        ops = store.stats.ops
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await store.flush()
+    found = store.get_dispatch("P_a", "AD_1")
+    assert found is not None and found.trace[-1].what == "step 2" and len(found.trace) == 3
+    assert store.stats.ops == ops + 1 + 3  # the first event, then three submits counted
+    assert file_rows(db, "SELECT count(*) FROM dispatches") == [(1,)]
+
+
+async def test_text_json_cannot_carry_is_written_exactly(store: SqliteStore) -> None:
+    tricky = 'nul\x00inside "quoted" \\ é😀 \u2028 \x01'
+    store.submit_room(dataclasses.replace(room("r1"), metadata=tricky))
+    spec = dataclasses.replace(dispatch().spec, metadata=tricky)
+    store.submit_dispatch(dataclasses.replace(dispatch(), spec=spec))
+    store.submit_event(dataclasses.replace(event("x"), message=tricky))
+    await store.flush()
+    found_room = store.get_room("P_a", "r1")
+    found_dispatch = store.get_dispatch("P_a", "AD_1")
+    assert found_room is not None and found_room.metadata == tricky
+    assert found_dispatch is not None and found_dispatch.spec.metadata == tricky
+    assert found_dispatch.trace == dispatch().trace
+    assert [e.message for e in store.query_events(EventQuery(project_id="P_a"))] == [tricky]
+
+
+async def test_a_bad_record_is_logged_and_the_rest_of_its_batch_kept(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="callboard.store.sqlite"):
+        store.submit_job(job("AJ_1", JobState.PENDING, at_ms=1))
+        store.submit_job(job("AJ_bad", project_id=None))  # type: ignore[arg-type]
+        store.submit_job(job("AJ_1", JobState.OFFERED, at_ms=2))
+        store.submit_event(event("kept"))
+        await store.flush()
+    assert store.job_history("P_a", "AJ_1") == [("pending", 1), ("offered", 2)]
+    assert [e.kind for e in store.query_events(EventQuery(project_id="P_a"))] == ["kept"]
+    assert "job AJ_bad" in caplog.text and "NOT NULL" in caplog.text
+    assert store.stats.failed_ops == 1

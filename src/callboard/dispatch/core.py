@@ -108,6 +108,7 @@ class Dispatcher:
         self._workers: dict[str, WorkerEntry] = {}
         self._pools: dict[PoolKey, dict[str, None]] = {}  # matching workers, by key
         self._draws: dict[PoolKey, Draw] = {}  # built on demand; dropped when a pool changes
+        self._listings: dict[PoolKey, list[dict[str, Any]]] = {}  # candidate lines, likewise
         self._pending: dict[PoolKey, dict[str, None]] = {}  # queued job ids, by key
         self._dispatches: dict[str, DispatchEntry] = {}
         self._live: dict[str, dict[str, None]] = {}  # project -> ids of dispatches not deleted
@@ -225,7 +226,7 @@ class Dispatcher:
         worker = WorkerEntry(info, worker_key(info))
         self._workers[info.worker_id] = worker
         self._pools.setdefault(worker.key, {})[info.worker_id] = None
-        self._draws.pop(worker.key, None)
+        self._pool_changed(worker.key)
         message = f"worker {info.worker_id} connected from {info.remote or '?'} ({_serves(info)})"
         self._worker_event("worker.connected", info, message, now)
         self._serve_queue(worker, now)
@@ -240,7 +241,7 @@ class Dispatcher:
             worker.status = event.status
         worker.load = event.load
         if (worker.status, worker.load) != before:
-            self._draws.pop(worker.key, None)
+            self._pool_changed(worker.key)
         worker.job_count = event.job_count
         if was_full and worker.status is WorkerStatus.AVAILABLE:
             self._serve_queue(worker, event.now_ms, forgive=True)
@@ -260,7 +261,7 @@ class Dispatcher:
             return
         pool = self._pools[worker.key]
         del pool[worker.worker_id]
-        self._draws.pop(worker.key, None)
+        self._pool_changed(worker.key)
         if not pool:
             del self._pools[worker.key]
         message = f"worker {worker.worker_id} disconnected: {event.reason}"
@@ -419,11 +420,27 @@ class Dispatcher:
 
     # -- offering ---------------------------------------------------------------------------------
 
+    def _pool_changed(self, key: PoolKey) -> None:
+        self._draws.pop(key, None)
+        self._listings.pop(key, None)
+
+    def _candidate_lines(self, job: JobEntry, pool: dict[str, None]) -> list[dict[str, Any]]:
+        """The trace's candidate lines; for a job nobody declined yet they are the same for every
+        job of the pool until a worker changes, so they are made once (never mutated later)."""
+        if job.tried or not pool:
+            listed = itertools.islice(pool, trace.MAX_LISTED)
+            return [_candidate_line(self._workers[w], job) for w in listed]
+        lines = self._listings.get(job.key)
+        if lines is None:
+            listed = itertools.islice(pool, trace.MAX_LISTED)
+            lines = [_candidate_line(self._workers[w], job) for w in listed]
+            self._listings[job.key] = lines
+        return lines
+
     def _try_offer(self, job: JobEntry, now: int) -> None:
         """Offer a PENDING job to one eligible worker, or leave it queued and say why."""
         pool = self._pools.get(job.key, {})
-        listed = itertools.islice(pool, trace.MAX_LISTED)
-        lines = [_candidate_line(self._workers[w], job) for w in listed]
+        lines = self._candidate_lines(job, pool)
         picked = self._draw(job.key).pick(self._rng, job.tried) if pool else None
         if picked is not None:
             detail = trace.candidates(job.job_id, lines, len(pool), "", {})

@@ -9,6 +9,8 @@ each event; nothing here reads a clock.
 from __future__ import annotations
 
 import enum
+import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,6 +143,14 @@ class TraceEntry:
         str  # e.g. "created", "candidates", "offered", "declined", "timeout", "assigned", "queued"
     )
     detail: Mapping[str, Any] = field(default_factory=dict)
+
+    @functools.cached_property
+    def json_text(self) -> str:
+        """The line as JSON `[at_ms, what, detail]`, made once. A dispatch's whole trace is saved
+        after each of its steps; re-encoding every line each time was most of the cost of saving
+        it. A detail that is not JSON-native is diagnostic text (`default=str`)."""
+        line = [self.at_ms, self.what, dict(self.detail)]
+        return json.dumps(line, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 @dataclass(frozen=True)

@@ -74,12 +74,40 @@ async def create_room(
     departure_timeout_s: int = 0,
     max_participants: int = 0,
     agents: Sequence[AgentRequest] = (),
-    auto_dispatch: bool = True,
 ) -> tuple[Room, bool]:
     """Create the room if missing (returning it and True), else return the existing one and False.
 
     A new room dispatches its configured agents, or, with none configured, one automatic dispatch
     (agent name "") that only unnamed workers receive.
+    """
+    room, created = ensure_room(
+        hub, caller, name, metadata=metadata, empty_timeout_s=empty_timeout_s,
+        departure_timeout_s=departure_timeout_s, max_participants=max_participants,
+        agents=agents,
+    )
+    if created:
+        ref = RoomRef(caller.project_id, room.name, room.sid)
+        for agent in room_agents(agents):
+            dispatch_agent(hub, caller, ref, agent, source="room")
+        await hub.store.flush()
+    return room, created
+
+
+def ensure_room(
+    hub: Hub,
+    caller: Caller,
+    name: str,
+    *,
+    metadata: str = "",
+    empty_timeout_s: int = 0,
+    departure_timeout_s: int = 0,
+    max_participants: int = 0,
+    agents: Sequence[AgentRequest] = (),
+) -> tuple[Room, bool]:
+    """The room, created (True) if missing; no dispatch, no flush.
+
+    Look-up and submission happen with no await in between, so concurrent creates of one name
+    get one room (one sid): the store shows a submitted room before it is committed.
     """
     validate_name(name, "room")
     validate_metadata(metadata)
@@ -99,12 +127,7 @@ async def create_room(
         max_participants=max_participants,
         agents=tuple((a.agent_name, a.metadata) for a in agents),
     )
-    await hub.store.save_room(room)
-    if auto_dispatch:
-        ref = RoomRef(caller.project_id, room.name, room.sid)
-        for agent in room_agents(agents):
-            dispatch_agent(hub, caller, ref, agent, source="room")
-        await hub.store.flush()
+    hub.store.submit_room(room)
     return room, True
 
 
@@ -144,7 +167,7 @@ async def create_dispatch(
     validate_name(room_name, "room")
     validate_name(agent.agent_name, "agent_name", allow_empty=True)
     validate_metadata(agent.metadata)
-    room, _ = await create_room(hub, caller, room_name, auto_dispatch=False)
+    room, _ = ensure_room(hub, caller, room_name)
     ref = RoomRef(caller.project_id, room.name, room.sid)
     dispatch_id = dispatch_agent(hub, caller, ref, agent, source="api")
     await hub.store.flush()

@@ -173,7 +173,13 @@ class Store(abc.ABC):
 
     # -- rooms
     @abc.abstractmethod
-    async def save_room(self, room: Room) -> None: ...
+    def submit_room(self, room: Room) -> None:
+        """Upsert without waiting for the commit (`flush` waits); `get_room` and `list_rooms`
+        find the room at once: the store is the registry that makes a room name unique."""
+
+    @abc.abstractmethod
+    async def save_room(self, room: Room) -> None:
+        """`submit_room`, then return once it is committed."""
 
     @abc.abstractmethod
     async def delete_room(self, project_id: str, name: str) -> None: ...

@@ -52,6 +52,7 @@ from callboard.store.base import (
     UsageRow,
     Webhook,
 )
+from callboard.store.pending import Records, RecordSlot, RoomKey
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class _Op:
     future: asyncio.Future[Any] | None = None
     loop: asyncio.AbstractEventLoop | None = None
     after_commit: Callable[[Any], None] | None = None  # on the writer thread, in queue order
+    records: Records | None = None  # set on the op that writes submitted records
 
 
 @dataclass(eq=False)
@@ -246,6 +248,7 @@ class _Writer:
         if not batch:
             return
         self.stats.batches += 1
+        _merge_records(batch)
         work = [op for op in batch if op.apply is not None]
         outcomes = {id(o.op): o for o in self._apply_batch(conn, work)} if work else {}
         ordered = [outcomes.get(id(op)) or _Outcome(op) for op in batch]
@@ -269,7 +272,8 @@ class _Writer:
             self.stats.retried_batches += 1
             return [self._apply_one(conn, op) for op in work]
         self.stats.commits += 1
-        self.stats.ops += len(work)
+        self.stats.ops += sum(_op_count(op) for op in work)
+        self.stats.failed_ops += sum(op.records.failed for op in work if op.records is not None)
         return [_Outcome(op, value) for op, value in zip(work, values, strict=True)]
 
     def _apply_one(self, conn: sqlite3.Connection, op: _Op) -> _Outcome:
@@ -281,7 +285,8 @@ class _Writer:
             _rollback(conn)
             return self._failed(op, exc)
         self.stats.commits += 1
-        self.stats.ops += 1
+        self.stats.ops += _op_count(op)
+        self.stats.failed_ops += op.records.failed if op.records is not None else 0
         return _Outcome(op, value)
 
     def _failed(self, op: _Op, exc: Exception) -> _Outcome:
@@ -315,6 +320,30 @@ class _Writer:
             # RuntimeError: the loop is closed, nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, settled)
+
+
+def _op_count(op: _Op) -> int:
+    return op.records.count if op.records is not None else 1
+
+
+def _merge_records(batch: list[_Op]) -> None:
+    """Fold each run of record ops (flush barriers between them do not break a run) into its
+    first op: one statement per table for the run, and a dispatch saved several times in it is
+    written once. Any other write ends the run, so the queue's order between records and other
+    writes holds."""
+    head: _Op | None = None
+    for op in batch:
+        if op.records is None:
+            if op.apply is not None:
+                head = None
+            continue
+        op.records.seal()
+        if head is None or head.records is None:
+            head = op
+            continue
+        head.records.absorb(op.records)
+        # Now a barrier: its futures resolve with the batch, its rooms are the head's to report.
+        op.apply, op.records, op.after_commit = None, None, None
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -431,16 +460,6 @@ def _set_hosts(conn: sqlite3.Connection, project_id: str, role: str, hosts: list
     )
 
 
-_UPSERT_USAGE: Final = (
-    f"INSERT INTO usage_daily (project_id, owner, day, {', '.join(USAGE_FIELDS)}) "
-    f"VALUES (?, ?, ?, {', '.join('?' * len(USAGE_FIELDS))}) "
-    "ON CONFLICT (project_id, owner, day) DO UPDATE SET "
-    + ", ".join(f"{f} = {f} + excluded.{f}" for f in USAGE_FIELDS)
-)
-_UPSERT_ROOM: Final = codec.upsert_sql("rooms", codec.ROOM_COLUMNS, ("project_id", "name"))
-_UPSERT_DISPATCH: Final = codec.upsert_sql("dispatches", codec.DISPATCH_COLUMNS, ("dispatch_id",))
-_UPSERT_JOB: Final = codec.upsert_sql("jobs", codec.JOB_COLUMNS, ("job_id",))
-_INSERT_EVENT: Final = codec.insert_sql("events", codec.EVENT_COLUMNS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -502,6 +521,8 @@ class SqliteStore(Store):
         self._writer: _Writer | None = None
         self._reader_conn: _Reader | None = None
         self._keys = _KeyCache()
+        self._slot = RecordSlot()
+        self._unsaved_rooms: dict[RoomKey, Room] = {}  # submitted, not committed yet
         self.stats = StoreStats()
 
     # -- lifecycle
@@ -524,6 +545,7 @@ class SqliteStore(Store):
         writer, self._writer = self._writer, None  # from here on, new writes are refused
         if writer is None:
             return
+        self._slot.close_any()
         await asyncio.to_thread(writer.stop)
         self._keys.replace_all(())  # a closed store authenticates nobody
         if self._reader_conn is not None:
@@ -554,11 +576,28 @@ class SqliteStore(Store):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         hook = cast(Callable[[Any], None] | None, after_commit)
+        if apply is not None:  # a flush barrier needs no order of its own
+            self._slot.close_any()
         writer.put(_Op(apply, label, future, loop, hook))
         return cast(T, await future)
 
-    def _submit(self, sql: str, params: Sequence[Any], label: str) -> None:
-        self._live_writer().put(_Op(partial(_execute, sql=sql, params=params), label))
+    def _records(self) -> Records:
+        """The open `Records` to add a submission to; call with `self._slot.lock` held."""
+        writer = self._live_writer()
+        records = self._slot.open
+        if records is None:
+            records = self._slot.open = Records(self._slot)
+            writer.put(_Op(records.write, "records", after_commit=self._rooms_saved,
+                           records=records))
+        records.count += 1
+        return records
+
+    def _rooms_saved(self, written: list[tuple[RoomKey, Room]]) -> None:
+        """Writer thread, after the commit: those rooms are now found by reading the file."""
+        with self._slot.lock:
+            for key, room in written:
+                if self._unsaved_rooms.get(key) is room:
+                    del self._unsaved_rooms[key]
 
     # -- projects and keys
 
@@ -641,12 +680,19 @@ class SqliteStore(Store):
 
     # -- rooms
 
+    def submit_room(self, room: Room) -> None:
+        key = (room.project_id, room.name)
+        with self._slot.lock:
+            self._records().rooms[key] = room
+            self._unsaved_rooms[key] = room
+
     async def save_room(self, room: Room) -> None:
-        await self._write(
-            partial(_execute, sql=_UPSERT_ROOM, params=codec.room_row(room)), f"room {room.name!r}"
-        )
+        self.submit_room(room)
+        await self.flush()
 
     async def delete_room(self, project_id: str, name: str) -> None:
+        with self._slot.lock:
+            self._unsaved_rooms.pop((project_id, name), None)
         sql = "DELETE FROM rooms WHERE project_id = ? AND name = ?"
         await self._write(partial(_execute, sql=sql, params=(project_id, name)), f"room {name!r}")
 
@@ -657,10 +703,17 @@ class SqliteStore(Store):
                 return []
             sql += f" AND name IN ({', '.join('?' * len(names))})"
             params.extend(names)
-        rows = self._reader.all(sql + " ORDER BY name", params)
-        return [codec.room_from_row(row) for row in rows]
+        found = {row["name"]: codec.room_from_row(row) for row in self._reader.all(sql, params)}
+        wanted = set(names) if names is not None else None
+        for (pid, name), room in list(self._unsaved_rooms.items()):
+            if pid == project_id and (wanted is None or name in wanted):
+                found[name] = room
+        return [found[name] for name in sorted(found)]
 
     def get_room(self, project_id: str, name: str) -> Room | None:
+        unsaved = self._unsaved_rooms.get((project_id, name))
+        if unsaved is not None:
+            return unsaved
         row = self._reader.one(
             "SELECT * FROM rooms WHERE project_id = ? AND name = ?", (project_id, name)
         )
@@ -686,16 +739,17 @@ class SqliteStore(Store):
     # -- dispatches, jobs
 
     def submit_dispatch(self, record: DispatchRecord) -> None:
-        label = f"dispatch {record.spec.dispatch_id}"
-        self._submit(_UPSERT_DISPATCH, codec.dispatch_row(record), label)
+        with self._slot.lock:
+            self._records().dispatches[record.spec.dispatch_id] = record
 
     def submit_job(self, record: JobRecord) -> None:
         # The history row is appended by a trigger when the state differs (schema.py).
-        self._submit(_UPSERT_JOB, codec.job_row(record), f"job {record.job_id}")
+        with self._slot.lock:
+            self._records().jobs.append(record)
 
     def submit_event(self, event: RecordEvent) -> None:
-        label = f"event {event.kind} (project {event.project_id}, job {event.job_id or '-'})"
-        self._submit(_INSERT_EVENT, codec.event_row(event), label)
+        with self._slot.lock:
+            self._records().events.append(event)
 
     def get_dispatch(self, project_id: str, dispatch_id: str) -> DispatchRecord | None:
         row = self._reader.one(
@@ -763,8 +817,8 @@ class SqliteStore(Store):
         if unknown:
             raise ValueError(f"unknown usage fields {sorted(unknown)}")
         values = [int(amounts.get(f, 0)) for f in USAGE_FIELDS]
-        label = f"usage {project_id}/{owner or '-'}/{day}"
-        self._submit(_UPSERT_USAGE, (project_id, owner, day, *values), label)
+        with self._slot.lock:
+            self._records().usage.append((project_id, owner, day, *values))
 
     def query_usage(self, project_id: str, since_day: str = "") -> list[UsageRow]:
         rows = self._reader.all(
