@@ -242,6 +242,158 @@ def test_a_room_closes_departure_timeout_after_the_last_left(
     assert observer.events[-1] == ("finished", ("r1", "departure timeout"))
 
 
+# -- timers: the deadline heap must never go stale
+
+
+def finished(observer: Recorder) -> list[tuple[str, str]]:
+    return [args for kind, args in observer.events if kind == "finished"]
+
+
+def tick_until(model: RoomModel, clock: Clock, end_ms: int, step_ms: int = 1_000) -> None:
+    while clock.now < end_ms:
+        clock.now = min(clock.now + step_ms, end_ms)
+        model.tick(clock.now)
+
+
+def test_a_room_emptied_again_closes_at_the_new_time(
+    model: RoomModel, observer: Recorder, clock: Clock
+) -> None:
+    alice, _ = join(model, "alice")
+    model.leave(alice.sid)  # first deadline: now + 20 s
+    start = clock.now
+    clock.now += 10_000
+    bob, _ = join(model, "bob")
+    model.leave(bob.sid)  # new deadline: start + 30 s
+    tick_until(model, clock, start + 29_999)
+    assert model.room_count() == 1 and finished(observer) == []
+    clock.now += 1
+    model.tick(clock.now)
+    assert finished(observer) == [("r1", "departure timeout")]
+
+
+def test_a_room_joined_before_its_deadline_stays_open(
+    model: RoomModel, observer: Recorder, clock: Clock
+) -> None:
+    model.open_room(StoredRoom("P_1", "r1", "RM_x", 0, empty_timeout_s=10))
+    clock.now += 5_000
+    alice, edge = join(model, "alice")
+    for _ in range(30):  # well past the 10 s empty deadline, alice pinging
+        clock.now += 1_000
+        model.touch(alice.sid)
+        model.tick(clock.now)
+    assert model.room_count() == 1 and edge.leaves == [] and finished(observer) == []
+
+
+def test_leaving_switches_a_room_to_its_departure_timeout(
+    model: RoomModel, observer: Recorder, clock: Clock
+) -> None:
+    model.open_room(StoredRoom("P_1", "r1", "RM_x", 0))  # empty deadline: now + 300 s
+    alice, _ = join(model, "alice")
+    model.leave(alice.sid)
+    tick_until(model, clock, clock.now + 20_000)
+    assert finished(observer) == [("r1", "departure timeout")]
+
+
+def test_new_default_timeouts_move_the_deadlines_both_ways(
+    model: RoomModel, observer: Recorder, clock: Clock
+) -> None:
+    start = clock.now
+    model.open_room(StoredRoom("P_1", "short", "RM_s", 0))
+    model.limits = RoomLimits(empty_timeout_s=5)
+    model.tick(start + 4_999)
+    assert finished(observer) == []
+    model.tick(start + 5_000)
+    assert finished(observer) == [("short", "empty timeout")]
+    model.open_room(StoredRoom("P_1", "long", "RM_l", 0))  # empty deadline: start + 5 s
+    model.limits = RoomLimits(empty_timeout_s=600)
+    tick_until(model, clock, start + 599_999, step_ms=10_000)
+    assert model.room_count() == 1
+    clock.now += 1
+    model.tick(clock.now)
+    assert finished(observer)[-1] == ("long", "empty timeout")
+
+
+def test_a_room_timeout_made_longer_is_waited_for(
+    model: RoomModel, observer: Recorder, clock: Clock
+) -> None:
+    start = clock.now
+    model.open_room(StoredRoom("P_1", "r1", "RM_x", 0, empty_timeout_s=10))
+    model._rooms[("P_1", "r1")].empty_timeout_s = 30  # no API does this yet; a stale entry
+    model.tick(start + 10_000)  # ... pops at the old deadline and finds it not due
+    assert model.room_count() == 1
+    model.tick(start + 29_999)
+    assert model.room_count() == 1
+    model.tick(start + 30_000)
+    assert finished(observer) == [("r1", "empty timeout")]
+
+
+def test_many_rooms_close_in_deadline_order_each_on_time(
+    model: RoomModel, observer: Recorder, clock: Clock
+) -> None:
+    start = clock.now
+    timeouts = [(i * 37) % 50 + 1 for i in range(50)]  # distinct, opened out of order
+    for i, timeout_s in enumerate(timeouts):
+        model.open_room(StoredRoom("P_1", f"r{i}", f"RM_{i}", 0, empty_timeout_s=timeout_s))
+    closed_at: dict[str, int] = {}
+    while model.room_count():
+        clock.now += 500
+        model.tick(clock.now)
+        for name, _ in finished(observer)[len(closed_at):]:
+            closed_at[name] = clock.now
+    assert list(closed_at) == [f"r{i}" for i in sorted(range(50), key=lambda i: timeouts[i])]
+    assert all(closed_at[f"r{i}"] == start + t * 1000 for i, t in enumerate(timeouts))
+
+
+def test_rooms_due_in_one_tick_close_in_the_order_they_were_opened(
+    model: RoomModel, observer: Recorder, clock: Clock
+) -> None:
+    for name, timeout_s in [("a", 3), ("b", 1), ("c", 2)]:
+        model.open_room(StoredRoom("P_1", name, f"RM_{name}", 0, empty_timeout_s=timeout_s))
+    model.tick(clock.now + 5_000)
+    assert [name for name, _ in finished(observer)] == ["a", "b", "c"]
+
+
+def test_a_finished_room_is_not_finished_again(
+    model: RoomModel, observer: Recorder, clock: Clock
+) -> None:
+    start = clock.now
+    model.open_room(StoredRoom("P_1", "empty", "RM_e", 0, empty_timeout_s=10))
+    join(model, "alice", "busy")
+    model.close_room("P_1", "empty")
+    model.close_room("P_1", "busy")  # its leaving participant scheduled a departure deadline
+    model.open_room(StoredRoom("P_1", "empty", "RM_e2", 0, empty_timeout_s=60))
+    tick_until(model, clock, start + 59_000)
+    assert finished(observer) == [("empty", "room deleted"), ("busy", "room deleted")]
+    assert [r.sid for r in model.list_rooms("P_1")] == ["RM_e2"]  # the old deadline missed it
+    tick_until(model, clock, start + 60_000)
+    assert finished(observer)[-1] == ("empty", "empty timeout") and model.room_count() == 0
+    assert model.counters["rooms.finished"] == 3
+
+
+def test_a_room_emptied_by_ping_timeout_can_close_in_the_same_tick(
+    observer: Recorder, clock: Clock
+) -> None:
+    limits = RoomLimits(ping_timeout_ms=15_000, empty_timeout_s=300, departure_timeout_s=0)
+    model = RoomModel(observer, limits, clock)
+    join(model, "alice")
+    model.open_room(StoredRoom("P_1", "later", "RM_l", 0, empty_timeout_s=1))
+    clock.now += 15_001
+    model.tick(clock.now)
+    assert observer.kinds()[-3:] == ["left", "finished", "finished"]
+    assert finished(observer) == [("r1", "departure timeout"), ("later", "empty timeout")]
+
+
+def test_join_and_leave_cycles_do_not_grow_the_deadline_heap(
+    model: RoomModel, clock: Clock
+) -> None:
+    for _ in range(1_000):
+        alice, _ = join(model, "alice")
+        clock.now += 1
+        model.leave(alice.sid)
+    assert model.room_count() == 1
+    assert len(model._deadlines) <= 100  # stale entries are compacted away
+
+
 def test_close_room_disconnects_everyone(model: RoomModel, observer: Recorder) -> None:
     _, alice = join(model, "alice")
     _, bob = join(model, "bob")

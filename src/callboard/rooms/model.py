@@ -13,6 +13,10 @@ Theory of operation
   the join itself), so it must not have side effects.
 - Time comes from `clock_ms`; `tick(now_ms)` closes rooms whose timers ran out and removes
   participants silent for longer than the ping timeout. The caller decides how often to tick.
+  A tick costs what is due, not what is tracked: empty rooms wait in a heap of close deadlines
+  (an entry counts only while it is its room's latest one, so re-emptied, joined and finished
+  rooms just leave stale entries behind), and only occupied rooms are scanned for ping timeouts.
+  Both kinds of due rooms are then handled in the order they were opened, as a full scan would.
 - The store is read by the caller and passed in (`JoinAttempt.stored`); when a join creates a
   room, the record to save comes back in `Joined.store_room`. The model never writes.
 - Audio tracks: `add_track` is answered `track_published` (TrackInfo `TR_…`, shown to everyone
@@ -27,6 +31,8 @@ Theory of operation
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import time
 from collections import Counter
@@ -126,12 +132,29 @@ class RoomModel:
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.observer = observer
-        self.limits = limits or RoomLimits()
+        self._limits = limits or RoomLimits()
         self.clock_ms = clock_ms
         self.counters: Counter[str] = Counter()
         self._rooms: dict[tuple[str, str], Room] = {}
         self._members: dict[str, tuple[Room, Participant]] = {}  # by participant sid
         self.media: MediaListener = NoMedia()
+        # Timers (see the module docstring). `_rank` is each room's place in `_rooms`' order.
+        self._occupied: dict[tuple[str, str], Room] = {}
+        self._deadlines: list[tuple[int, int, tuple[str, str]]] = []  # heap: (close at, seq, key)
+        self._scheduled: dict[tuple[str, str], int] = {}  # key → seq of its live heap entry
+        self._rank: dict[tuple[str, str], int] = {}
+        self._seq = itertools.count()
+
+    @property
+    def limits(self) -> RoomLimits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: RoomLimits) -> None:
+        """New default timeouts move the deadline of every empty room that relies on them."""
+        self._limits = limits
+        for room in self._rooms.values():
+            self._schedule(room)
 
     # -- joining
 
@@ -212,7 +235,7 @@ class RoomModel:
 
     def _open(self, room: Room, attempt: JoinAttempt) -> StoredRoom | None:
         """Start tracking `room`; a room new to the store is announced and handed back to save."""
-        self._rooms[room.key] = room
+        self._track(room)
         if attempt.stored is not None:
             return None
         self.counters["rooms.started"] += 1
@@ -223,6 +246,8 @@ class RoomModel:
         room.participants[p.identity] = p
         room.ever_joined = True
         self._members[p.sid] = (room, p)
+        self._occupied[room.key] = room
+        self._scheduled.pop(room.key, None)
         self.counters["participants.joined"] += 1
         if not p.hidden:
             self._broadcast(room, [p.info()], exclude=p)
@@ -263,6 +288,8 @@ class RoomModel:
         self.media.subscriptions_changed([p.sid, *self._sids(room)])
         if not room.participants:
             room.emptied_at_ms = self.clock_ms()
+            del self._occupied[room.key]
+            self._schedule(room)
         self.counters["participants.left"] += 1
         self.observer.participant_left(room.view(), p.view(), Reason.Name(reason))
 
@@ -287,14 +314,39 @@ class RoomModel:
 
     def tick(self, now_ms: int) -> None:
         """Remove participants silent beyond the ping timeout; close rooms whose timers ran out."""
-        for room in list(self._rooms.values()):
-            for p in list(room.participants.values()):
-                if now_ms - p.last_seen_ms > self.limits.ping_timeout_ms:
-                    log.info("participant %s in room %s timed out (no ping)", p.identity, room.name)
-                    self._kick(room, p, Reason.CONNECTION_TIMEOUT)
-            if not room.participants and now_ms >= self.close_at_ms(room):
-                why = "departure timeout" if room.ever_joined else "empty timeout"
-                self._finish(room, why)
+        due = self._due(now_ms)
+        try:
+            for room in due:
+                self._expire(room, now_ms)
+        finally:  # a room left open (not due after all, or an observer raised) keeps a deadline
+            for room in due:
+                if room.key not in self._scheduled:
+                    self._schedule(room)
+
+    def _due(self, now_ms: int) -> list[Room]:
+        """Rooms with a silent participant or a passed deadline, in `_rooms` order."""
+        ping_timeout_ms = self.limits.ping_timeout_ms
+        due = {
+            key: room
+            for key, room in self._occupied.items()
+            if any(now_ms - p.last_seen_ms > ping_timeout_ms for p in room.participants.values())
+        }
+        heap = self._deadlines
+        while heap and heap[0][0] <= now_ms:
+            _, seq, key = heapq.heappop(heap)
+            if self._scheduled.get(key) == seq:
+                del self._scheduled[key]
+                due[key] = self._rooms[key]
+        return sorted(due.values(), key=lambda room: self._rank[room.key])
+
+    def _expire(self, room: Room, now_ms: int) -> None:
+        for p in list(room.participants.values()):
+            if now_ms - p.last_seen_ms > self.limits.ping_timeout_ms:
+                log.info("participant %s in room %s timed out (no ping)", p.identity, room.name)
+                self._kick(room, p, Reason.CONNECTION_TIMEOUT)
+        if not room.participants and now_ms >= self.close_at_ms(room):
+            why = "departure timeout" if room.ever_joined else "empty timeout"
+            self._finish(room, why)
 
     def close_at_ms(self, room: Room) -> int:
         """When an empty room closes: departure timeout once someone was in, else empty timeout."""
@@ -304,10 +356,28 @@ class RoomModel:
             timeout_s = room.empty_timeout_s or self.limits.empty_timeout_s
         return room.emptied_at_ms + timeout_s * 1000
 
+    def _track(self, room: Room) -> None:
+        self._rooms[room.key] = room
+        self._rank[room.key] = next(self._seq)
+        self._schedule(room)
+
+    def _schedule(self, room: Room) -> None:
+        """Give an empty tracked room a fresh deadline entry; its older entries go stale."""
+        if room.participants or self._rooms.get(room.key) is not room:
+            return
+        seq = next(self._seq)
+        self._scheduled[room.key] = seq
+        heapq.heappush(self._deadlines, (self.close_at_ms(room), seq, room.key))
+        if len(self._deadlines) > 64 + 2 * len(self._scheduled):  # mostly stale: compact
+            self._deadlines = [e for e in self._deadlines if self._scheduled.get(e[2]) == e[1]]
+            heapq.heapify(self._deadlines)
+
     def _finish(self, room: Room, why: str) -> None:
         for p in list(room.participants.values()):
             self._kick(room, p, Reason.ROOM_DELETED, announce=False)
         del self._rooms[room.key]
+        del self._rank[room.key]
+        self._scheduled.pop(room.key, None)
         self.counters["rooms.finished"] += 1
         self.observer.room_finished(room.view(), why)
 
@@ -613,7 +683,7 @@ class RoomModel:
         if room is not None:
             return room.view()
         room = _room_from_store(stored, self.clock_ms())
-        self._rooms[room.key] = room
+        self._track(room)
         if announce:
             self.counters["rooms.started"] += 1
             self.observer.room_started(room.view(), key)
