@@ -123,7 +123,7 @@ class Records:
 
     def __init__(self, slot: RecordSlot) -> None:
         self._slot = slot
-        self.rooms: dict[RoomKey, Room] = {}
+        self.rooms: dict[RoomKey, Room | None] = {}  # None: deleted
         self.dispatches: dict[str, DispatchRecord] = {}
         self.jobs: list[JobRecord] = []
         self.events: list[RecordEvent] = []
@@ -143,14 +143,17 @@ class Records:
         self.usage.extend(later.usage)
         self.count += later.count
 
-    def write(self, conn: sqlite3.Connection) -> list[tuple[RoomKey, Room]]:
-        """On the writer thread, inside its transaction; returns the rooms written."""
+    def write(self, conn: sqlite3.Connection) -> None:
+        """On the writer thread, inside its transaction."""
         self.seal()
         failed = 0
-        rooms = list(self.rooms.items())
+        gone = [key for key, room in self.rooms.items() if room is None]
+        if gone:
+            conn.executemany("DELETE FROM rooms WHERE project_id = ? AND name = ?", gone)
+        rooms = [room for room in self.rooms.values() if room is not None]
         if rooms:
-            rows = [codec.room_row(r) for _, r in rooms]
-            failed += _ROOMS.write(conn, rows, lambda i: f"room {rooms[i][0][1]!r}")
+            rows = [codec.room_row(r) for r in rooms]
+            failed += _ROOMS.write(conn, rows, lambda i: f"room {rooms[i].name!r}")
         if self.dispatches:
             ds = list(self.dispatches.values())
             rows = [codec.dispatch_row(d) for d in ds]
@@ -169,7 +172,6 @@ class Records:
                 conn, usage, lambda i: f"usage {usage[i][0]}/{usage[i][1] or '-'}/{usage[i][2]}"
             )
         self.failed = failed
-        return rooms
 
 
 def _event_label(event: RecordEvent) -> str:

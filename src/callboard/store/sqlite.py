@@ -20,6 +20,11 @@ Theory of operation:
 - API keys. `get_key` runs on every request, so non-revoked keys live in memory, loaded at open and
   updated by the writer right after the commit that changed them. Revocation (and project deletion)
   also drops keys from memory before the write is queued: a revoked key stops working at once.
+- Rooms. Every CreateDispatch looks its room up, and a room name must stay unique while its row is
+  still queued, so all rooms live in memory too (loaded at open, changed as they are submitted):
+  `get_room` never reads the file, and a room is found the moment it is submitted.
+- Records (`pending`): rooms, dispatches, jobs, events and usage submitted back to back are
+  written by one op, one statement per table.
 """
 
 from __future__ import annotations
@@ -522,7 +527,7 @@ class SqliteStore(Store):
         self._reader_conn: _Reader | None = None
         self._keys = _KeyCache()
         self._slot = RecordSlot()
-        self._unsaved_rooms: dict[RoomKey, Room] = {}  # submitted, not committed yet
+        self._rooms: dict[RoomKey, Room] = {}  # every stored room, submitted ones at once
         self.stats = StoreStats()
 
     # -- lifecycle
@@ -540,6 +545,8 @@ class SqliteStore(Store):
         self._writer, self.stats = writer, writer.stats
         rows = self._reader.all("SELECT * FROM api_keys WHERE revoked = 0")
         self._keys.replace_all(codec.key_from_row(row) for row in rows)
+        rooms = (codec.room_from_row(row) for row in self._reader.all("SELECT * FROM rooms"))
+        self._rooms = {(room.project_id, room.name): room for room in rooms}
 
     async def close(self) -> None:
         writer, self._writer = self._writer, None  # from here on, new writes are refused
@@ -587,17 +594,10 @@ class SqliteStore(Store):
         records = self._slot.open
         if records is None:
             records = self._slot.open = Records(self._slot)
-            writer.put(_Op(records.write, "records", after_commit=self._rooms_saved,
-                           records=records))
+            writer.put(_Op(records.write, "records", records=records))
         records.count += 1
         return records
 
-    def _rooms_saved(self, written: list[tuple[RoomKey, Room]]) -> None:
-        """Writer thread, after the commit: those rooms are now found by reading the file."""
-        with self._slot.lock:
-            for key, room in written:
-                if self._unsaved_rooms.get(key) is room:
-                    del self._unsaved_rooms[key]
 
     # -- projects and keys
 
@@ -608,6 +608,8 @@ class SqliteStore(Store):
 
     async def delete_project(self, project_id: str) -> None:
         self._keys.drop_project(project_id)  # fail closed while the delete is queued
+        for key in [k for k in self._rooms if k[0] == project_id]:
+            del self._rooms[key]
         try:
             await self._write(
                 partial(_delete_project, project_id=project_id), f"project {project_id}",
@@ -684,40 +686,29 @@ class SqliteStore(Store):
         key = (room.project_id, room.name)
         with self._slot.lock:
             self._records().rooms[key] = room
-            self._unsaved_rooms[key] = room
+        self._rooms[key] = room
 
     async def save_room(self, room: Room) -> None:
         self.submit_room(room)
         await self.flush()
 
     async def delete_room(self, project_id: str, name: str) -> None:
+        key = (project_id, name)
         with self._slot.lock:
-            self._unsaved_rooms.pop((project_id, name), None)
-        sql = "DELETE FROM rooms WHERE project_id = ? AND name = ?"
-        await self._write(partial(_execute, sql=sql, params=(project_id, name)), f"room {name!r}")
+            self._records().rooms[key] = None
+        self._rooms.pop(key, None)
+        await self.flush()
 
     def list_rooms(self, project_id: str, names: list[str] | None = None) -> list[Room]:
-        sql, params = "SELECT * FROM rooms WHERE project_id = ?", [project_id]
-        if names is not None:
-            if not names:
-                return []
-            sql += f" AND name IN ({', '.join('?' * len(names))})"
-            params.extend(names)
-        found = {row["name"]: codec.room_from_row(row) for row in self._reader.all(sql, params)}
         wanted = set(names) if names is not None else None
-        for (pid, name), room in list(self._unsaved_rooms.items()):
-            if pid == project_id and (wanted is None or name in wanted):
-                found[name] = room
-        return [found[name] for name in sorted(found)]
+        found = [
+            room for (pid, name), room in self._rooms.items()
+            if pid == project_id and (wanted is None or name in wanted)
+        ]
+        return sorted(found, key=lambda room: room.name)
 
     def get_room(self, project_id: str, name: str) -> Room | None:
-        unsaved = self._unsaved_rooms.get((project_id, name))
-        if unsaved is not None:
-            return unsaved
-        row = self._reader.one(
-            "SELECT * FROM rooms WHERE project_id = ? AND name = ?", (project_id, name)
-        )
-        return codec.room_from_row(row) if row else None
+        return self._rooms.get((project_id, name))
 
     # -- webhooks
 
