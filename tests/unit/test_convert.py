@@ -148,6 +148,22 @@ def test_a_dispatch_with_no_jobs_yet() -> None:
     assert dpb.AgentDispatch.FromString(msg.SerializeToString()) == msg
 
 
+def test_messages_built_in_place_keep_empty_parts_present() -> None:
+    """Sub-messages are filled in place, not copied in: an all-default room, job state or
+    dispatch state is still sent (present), as when they were built apart and assigned."""
+    bare_room = RoomRef("P_1", "", "")
+    bare = JobRecord("", "", "P_1", "", "", "", 1, JobState.PENDING, "", "", 0, 0)
+    empty = spec(dispatch_id="", agent_name="", room=bare_room, metadata="", created_at_ms=0)
+    msg = convert.job_with_state(empty, bare)
+    assert msg.HasField("room") and msg.HasField("state")
+    assert msg.SerializeToString() == pb.Job(
+        type="JT_ROOM", room=models.Room(), state=pb.JobState()
+    ).SerializeToString()
+    record = DispatchRecord(spec=spec(created_at_ms=0), deleted=False, trace=(), job_ids=())
+    assert convert.agent_dispatch(record, []).HasField("state")
+    assert convert.job_message(offer(room=bare_room)).HasField("room")
+
+
 CALLER = ParticipantRef(
     sid="PA_caller000001", identity="caller", name="Caller", metadata="{}",
     attributes={"a": "1"}, kind=models.ParticipantInfo.SIP, joined_at_ms=MS,

@@ -145,6 +145,10 @@ def test_strict_mode_ignores_the_token_in_an_existing_room() -> None:
 @dataclass
 class Sink:
     got: list[tuple[str, str, whpb.WebhookEvent]] = field(default_factory=list)
+    projects: set[str] | None = None  # those with webhooks; None = every project
+
+    def wants(self, project_id: str) -> bool:
+        return self.projects is None or project_id in self.projects
 
     def emit(self, project_id: str, room_name: str, event: whpb.WebhookEvent) -> None:
         self.got.append((project_id, room_name, event))
@@ -348,6 +352,18 @@ async def test_room_finished_ends_its_dispatches_and_reports(rig: Rig) -> None:
     _, room_name, finished = rig.sink.got[3]
     assert room_name == "room-1" and finished.room.sid == "RM_room1"
     assert finished.room_end_reason == models.ROOM_END_IDLE_TIMEOUT
+
+
+async def test_a_project_without_webhooks_still_gets_every_event_line(rig: Rig) -> None:
+    rig.sink.projects = set()
+    rig.observer.room_started(rig.room, rig.prod)
+    ctx = rig.join(created=True)
+    rig.observer.participant_left(rig.room, ctx.participant, "CLIENT_INITIATED")
+    rig.observer.room_finished(rig.room, "departure timeout")
+    assert rig.sink.got == []
+    kinds = [e.kind for e in await rig.events()]
+    assert kinds[0] == "room.started" and kinds[-1] == "room.finished"
+    assert {"participant.joined", "participant.left"} <= set(kinds)
 
 
 async def test_event_lines_name_the_participant_and_its_owner(rig: Rig) -> None:

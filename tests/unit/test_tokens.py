@@ -582,6 +582,48 @@ def test_a_revoked_key_is_unknown_even_though_its_secret_was_seen() -> None:
         verify(token, secrets.get, now_s=NOW)
 
 
+def test_a_reused_token_is_judged_on_the_clock_every_time() -> None:
+    token = raw_token(claims_for(iat=NOW))
+    first = verify(token, lookup, now_s=NOW)
+    assert verify(token, lookup, now_s=NOW) == first
+    with pytest.raises(Unauthenticated, match="token expired 61 s ago"):
+        verify(token, lookup, now_s=NOW + 600 + tokens.LEEWAY_S + 1)
+    with pytest.raises(Unauthenticated, match="not valid yet"):
+        verify(token, lookup, now_s=NOW - tokens.LEEWAY_S - 1)
+    assert verify(token, lookup, now_s=NOW + 1) == first
+
+
+def test_a_reused_token_is_checked_against_its_keys_current_secret() -> None:
+    secrets = dict(SECRETS)
+    token = raw_token(claims_for())
+    assert verify(token, secrets.get, now_s=NOW).identity == "alice"
+    secrets[KEY] = SECRET + "-rotated"
+    for _ in range(2):
+        with pytest.raises(Unauthenticated, match=f"invalid token signature for API key {KEY}"):
+            verify(token, secrets.get, now_s=NOW)
+    secrets[KEY] = SECRET
+    assert verify(token, secrets.get, now_s=NOW).identity == "alice"
+
+
+def test_a_reused_token_looks_its_key_up_each_time() -> None:
+    asked: list[str] = []
+
+    def counting(key: str) -> str | None:
+        asked.append(key)
+        return lookup(key)
+
+    token = raw_token(claims_for(sub="bob"))
+    for _ in range(3):
+        assert verify(token, counting, now_s=NOW).identity == "bob"
+    assert asked == [KEY] * 3
+
+
+def test_the_tokens_remembered_are_bounded() -> None:
+    for n in range(tokens.VERIFIED_TOKENS_MAX + 10):
+        verify(raw_token(claims_for(sub=f"user-{n}")), lookup, now_s=NOW)
+    assert len(tokens._verified) == tokens.VERIFIED_TOKENS_MAX
+
+
 def test_padding_is_tolerated_and_the_signature_covers_the_bytes_as_sent() -> None:
     header, payload = HS256 + "=" * (-len(HS256) % 4), PAYLOAD + "=" * (-len(PAYLOAD) % 4)
     assert header != HS256 or payload != PAYLOAD  # at least one segment really is padded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -183,6 +184,7 @@ def test_room_end_reason(why: str, reason: int) -> None:
 async def test_nothing_is_sent_for_a_project_without_webhooks(rig: Rig) -> None:
     rig.notifier.emit("P_other", "room-1", whpb.WebhookEvent(event="room_started"))
     assert not rig.notifier.busy() and rig.notifier.stats.emitted == 0
+    assert not rig.notifier.wants("P_other") and rig.notifier.wants(rig.project.project_id)
 
 
 async def test_events_keep_their_order_per_room(rig: Rig) -> None:
@@ -329,6 +331,10 @@ def _job(state: JobState, identity: str = "agent-AJ_1") -> JobRecord:
 @dataclass
 class Sink:
     got: list[tuple[str, str, whpb.WebhookEvent]] = field(default_factory=list)
+    projects: set[str] | None = None  # those with webhooks; None = every project
+
+    def wants(self, project_id: str) -> bool:
+        return self.projects is None or project_id in self.projects
 
     def emit(self, project_id: str, room_name: str, event: whpb.WebhookEvent) -> None:
         self.got.append((project_id, room_name, event))
@@ -362,3 +368,27 @@ def test_a_job_that_never_started_does_not_end() -> None:
     events = webhooks.JobEvents(sink, lambda _: DispatchRecord(SPEC, False, (), ()))
     events([SaveJob(_job(JobState.EXPIRED, identity="")), SaveJob(_job(JobState.TERMINATED, ""))])
     assert sink.got == []
+
+
+def test_job_events_build_nothing_for_a_project_without_webhooks() -> None:
+    sink = Sink(projects={"P_other"})
+    looked_up: list[str] = []
+
+    def lookup(dispatch_id: str) -> DispatchRecord:
+        looked_up.append(dispatch_id)
+        return DispatchRecord(SPEC, False, (), ())
+
+    events = webhooks.JobEvents(sink, lookup)
+    events([SaveJob(_job(JobState.ASSIGNED)), SaveJob(_job(JobState.SUCCESS))])
+    assert sink.got == [] and looked_up == []
+
+
+def test_job_events_take_the_dispatch_as_last_saved_in_the_batch() -> None:
+    sink = Sink()
+    events = webhooks.JobEvents(sink, lambda _: None)
+    first = DispatchRecord(SPEC, False, (), ("AJ_1",))
+    later = DispatchRecord(dataclasses.replace(SPEC, metadata="newer"), False, (), ("AJ_1",))
+    other = DispatchRecord(dataclasses.replace(SPEC, dispatch_id="AD_2"), False, (), ())
+    events([SaveDispatch(first), SaveJob(_job(JobState.ASSIGNED)), SaveDispatch(later),
+            SaveDispatch(other)])
+    assert [e.job.metadata for _, _, e in sink.got] == ["newer"]

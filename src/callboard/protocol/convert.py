@@ -15,12 +15,15 @@ from callboard.dispatch.model import (
     JobState,
     ParticipantRef,
     ReportedJobStatus,
+    RoomRef,
 )
 from callboard.protocol.errors import WS_UNSUPPORTED_DATA, ProtocolViolation
 from callboard.rooms.contract import ParticipantView, RoomView
 from callboard.store.base import Room
 
 AGENT_PROTOCOL_VERSION = 1
+
+_JOB_TYPE_NAMES: dict[int, str] = {int(v): name for name, v in pb.JobType.items()}
 
 _JOB_STATUS: dict[JobState, int] = {
     JobState.PENDING: pb.JS_PENDING,
@@ -46,19 +49,54 @@ def server_info(node_id: str) -> models.ServerInfo:
 
 
 def job_message(offer: JobOffer) -> pb.Job:
-    job = pb.Job(
-        id=offer.job_id,
-        dispatch_id=offer.dispatch_id,
-        type=pb.JobType.Name(int(offer.job_type)),
-        room=models.Room(sid=offer.room.sid, name=offer.room.name),
-        namespace=offer.namespace,
-        agent_name=offer.agent_name,
-        metadata=offer.metadata,
-        enable_recording=offer.enable_recording,
+    job = pb.Job()
+    _fill_job(
+        job,
+        offer.job_id,
+        offer.dispatch_id,
+        offer.job_type,
+        offer.room,
+        offer.namespace,
+        offer.agent_name,
+        offer.metadata,
+        offer.enable_recording,
+        offer.participant,
     )
-    if offer.participant is not None:
-        job.participant.CopyFrom(participant_info(offer.participant))
     return job
+
+
+def _fill_job(
+    job: pb.Job,
+    job_id: str,
+    dispatch_id: str,
+    job_type: int,
+    room: RoomRef,
+    namespace: str,
+    agent_name: str,
+    metadata: str,
+    enable_recording: bool,
+    participant: ParticipantRef | None,
+) -> None:
+    """Fills `job` in place (sub-messages too, never built apart and copied in): this runs for
+    every offer, assignment, ListDispatch entry and job webhook."""
+    job.id = job_id
+    job.dispatch_id = dispatch_id
+    job.type = _job_type_name(job_type)  # type: ignore[assignment]
+    room_msg = job.room
+    room_msg.SetInParent()
+    room_msg.sid = room.sid
+    room_msg.name = room.name
+    job.namespace = namespace
+    job.agent_name = agent_name
+    job.metadata = metadata
+    job.enable_recording = enable_recording
+    if participant is not None:
+        job.participant.CopyFrom(participant_info(participant))
+
+
+def _job_type_name(job_type: int) -> str:
+    name = _JOB_TYPE_NAMES.get(job_type)
+    return name if name is not None else pb.JobType.Name(int(job_type))
 
 
 def participant_info(ref: ParticipantRef) -> models.ParticipantInfo:
@@ -77,50 +115,63 @@ def participant_info(ref: ParticipantRef) -> models.ParticipantInfo:
 
 
 def job_state(record: JobRecord) -> pb.JobState:
-    state = pb.JobState(
-        status=_JOB_STATUS[record.state],  # type: ignore[arg-type]
-        error=record.error,
-        updated_at=record.updated_at_ms * 1_000_000,
-        participant_identity=record.participant_identity,
-        worker_id=record.worker_id,
-    )
+    state = pb.JobState()
+    _fill_job_state(state, record)
+    return state
+
+
+def _fill_job_state(state: pb.JobState, record: JobRecord) -> None:
+    state.status = _JOB_STATUS[record.state]  # type: ignore[assignment]
+    state.error = record.error
+    state.updated_at = record.updated_at_ms * 1_000_000
+    state.participant_identity = record.participant_identity
+    state.worker_id = record.worker_id
     if record.state is not JobState.PENDING:
         state.started_at = record.created_at_ms * 1_000_000
     if record.state.is_terminal:
         state.ended_at = record.updated_at_ms * 1_000_000
-    return state
 
 
 def job_with_state(spec: DispatchSpec, job: JobRecord) -> pb.Job:
     """A job as ListDispatch and webhooks show it: what was offered, plus where it is now."""
-    msg = job_message(
-        JobOffer(
-            job_id=job.job_id,
-            dispatch_id=spec.dispatch_id,
-            job_type=job.job_type,
-            room=spec.room,
-            agent_name=spec.agent_name,
-            namespace=spec.namespace,
-            metadata=spec.metadata,
-            attempt=job.attempt,
-            participant=job.participant,
-        )
-    )
-    msg.state.CopyFrom(job_state(job))
+    msg = pb.Job()
+    fill_job_with_state(msg, spec, job)
     return msg
+
+
+def fill_job_with_state(msg: pb.Job, spec: DispatchSpec, job: JobRecord) -> None:
+    """`job_with_state` written into `msg` (a field of a message being built): no copy."""
+    _fill_job(
+        msg,
+        job.job_id,
+        spec.dispatch_id,
+        job.job_type,
+        spec.room,
+        spec.namespace,
+        spec.agent_name,
+        spec.metadata,
+        False,
+        job.participant,
+    )
+    state = msg.state
+    state.SetInParent()
+    _fill_job_state(state, job)
 
 
 def agent_dispatch(record: DispatchRecord, jobs: list[JobRecord]) -> dpb.AgentDispatch:
     spec = record.spec
-    state = dpb.AgentDispatchState(created_at=spec.created_at_ms * 1_000_000)
-    state.jobs.extend(job_with_state(spec, job) for job in jobs)
-    return dpb.AgentDispatch(
+    msg = dpb.AgentDispatch(
         id=spec.dispatch_id,
         agent_name=spec.agent_name,
         room=spec.room.name,
         metadata=spec.metadata,
-        state=state,
     )
+    state = msg.state
+    state.SetInParent()
+    state.created_at = spec.created_at_ms * 1_000_000
+    for job in jobs:
+        fill_job_with_state(state.jobs.add(), spec, job)
+    return msg
 
 
 def room_message(room: Room | RoomView) -> models.Room:

@@ -131,7 +131,15 @@ def verify(
     The token is parsed once, with the standard library, and checked in the order (and with the
     messages) PyJWT 2.x gave when it did this work: shape, algorithm, issuer, key, signature over
     the exact bytes sent, then the claims.
+
+    A token verified before (the same string: clients reuse one token for many calls) is not
+    parsed again: its key is still looked up — a revoked key refuses it at once, a key whose
+    secret changed verifies it from scratch — and its times are judged against `now_s` again.
+    The claims returned are then shared between calls: never mutate them.
     """
+    seen = _verified.get(token)
+    if seen is not None:
+        return _verify_again(token, seen, secret_for_key, now_s)
     signing_input, header, payload_bytes, signature = _parse(token)
     alg = header.get("alg")
     if alg != ALGORITHM:
@@ -152,7 +160,51 @@ def verify(
         raise Unauthenticated(f"invalid token signature for API key {api_key}")
     _check_registered_claims(payload)
     _check_times(payload, api_key, time.time() if now_s is None else now_s)
-    return _claims_from_payload(api_key, payload)
+    claims = _claims_from_payload(api_key, payload)
+    _remember(token, _Verified(secret, payload, claims))
+    return claims
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """A token that passed `verify`: what is left to check on its next use."""
+
+    secret: str  # the secret its signature was checked with
+    payload: Mapping[str, Any]  # for exp, nbf and iat
+    claims: TokenClaims
+
+
+VERIFIED_TOKENS_MAX = 1024
+_verified: dict[str, _Verified] = {}  # token -> its verification, oldest first
+
+
+def _remember(token: str, verified: _Verified) -> None:
+    _verified[token] = verified
+    if len(_verified) > VERIFIED_TOKENS_MAX:
+        del _verified[next(iter(_verified))]
+
+
+def _verify_again(
+    token: str,
+    seen: _Verified,
+    secret_for_key: Callable[[str], str | None],
+    now_s: float | None,
+) -> TokenClaims:
+    """`verify` of a token that passed before: the checks whose outcome can have changed since
+    (the key, the times), in `verify`'s order; the rest (shape, signature, claims) cannot."""
+    api_key = seen.claims.api_key
+    secret = secret_for_key(api_key)
+    if secret is None:
+        raise Unauthenticated(f"unknown API key {api_key!r} (revoked, or never issued)")
+    if not hmac.compare_digest(secret.encode(), seen.secret.encode()):
+        del _verified[token]  # the key's secret changed: judge the token afresh
+        return verify(token, secret_for_key, now_s=now_s)
+    try:
+        _check_times(seen.payload, api_key, time.time() if now_s is None else now_s)
+    except Unauthenticated:
+        _verified.pop(token, None)
+        raise
+    return seen.claims
 
 
 def _parse(token: str) -> tuple[str, dict[str, Any], bytes, bytes]:
@@ -415,8 +467,11 @@ def _b64(data: bytes) -> bytes:
 _HEADER_SEGMENT = _b64(b'{"alg":"HS256","typ":"JWT"}')  # PyJWT's header: sorted keys, compact
 
 
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps(…, separators=…), built once
+
+
 def _encode(claims: dict[str, Any], secret: str) -> str:
-    body = json.dumps(claims, separators=(",", ":")).encode()
+    body = _COMPACT_JSON.encode(claims).encode()
     signing_input = _HEADER_SEGMENT + b"." + _b64(body)
     signature = hmac.new(_hmac_key(secret), signing_input, hashlib.sha256).digest()
     return (signing_input + b"." + _b64(signature)).decode()

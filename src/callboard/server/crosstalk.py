@@ -134,11 +134,10 @@ class CrosstalkWatch:
         return find_crosstalk(self.hub.core.workers(project_id), roles)
 
     def __call__(self, actions: list[Action]) -> None:
-        projects = {
-            a.project_id
-            for a in actions
-            if isinstance(a, RecordEvent) and a.kind == "worker.connected"
-        }
+        projects: set[str] = set()
+        for a in actions:  # every batch of every dispatch passes here: a plain loop, no frame
+            if isinstance(a, RecordEvent) and a.kind == "worker.connected":
+                projects.add(a.project_id)
         for project_id in projects:
             self.check(project_id)
 

@@ -198,13 +198,16 @@ class RoomEvents:
     def room_started(self, room: RoomView, key: ApiKey | None) -> None:
         by = f" by key {key.key}" if key is not None else ""
         self._record(room, "room.started", f"room {room.name} ({room.sid}) started{by}")
-        self._emit(room, whpb.WebhookEvent(event=webhooks.ROOM_STARTED))
+        if self._wants(room):
+            self._emit(room, whpb.WebhookEvent(event=webhooks.ROOM_STARTED))
 
     def participant_joined(self, ctx: JoinContext) -> None:
         room, p = ctx.room, ctx.participant
         self._record_participant(room, p, "participant.joined", f"{_who(p)} joined")
-        info = convert.participant_view_info(p)
-        self._emit(room, whpb.WebhookEvent(event=webhooks.PARTICIPANT_JOINED, participant=info))
+        if self._wants(room):
+            info = convert.participant_view_info(p)
+            event = whpb.WebhookEvent(event=webhooks.PARTICIPANT_JOINED, participant=info)
+            self._emit(room, event)
         if p.kind == AGENT:
             return
         self._token_dispatch(ctx)
@@ -214,8 +217,9 @@ class RoomEvents:
     def participant_left(self, room: RoomView, participant: ParticipantView, reason: str) -> None:
         message = f"{_who(participant)} left ({reason})"
         self._record_participant(room, participant, "participant.left", message)
-        info = convert.participant_view_info(participant, reason)
-        self._emit(room, whpb.WebhookEvent(event=webhooks.PARTICIPANT_LEFT, participant=info))
+        if self._wants(room):
+            info = convert.participant_view_info(participant, reason)
+            self._emit(room, whpb.WebhookEvent(event=webhooks.PARTICIPANT_LEFT, participant=info))
 
     def track_published(self, room: RoomView, p: ParticipantView, track: TrackView) -> None:
         """Webhook and event-log line; a non-agent's publish may start JT_PUBLISHER jobs (the
@@ -233,6 +237,8 @@ class RoomEvents:
     ) -> None:
         message = f"{_who(p)} {verb} audio track {track.name!r} ({track.sid})"
         self._record_participant(room, p, f"track.{verb}", message)
+        if not self._wants(room):
+            return
         info = models.TrackInfo(
             sid=track.sid,
             type=models.TrackType.AUDIO,
@@ -247,9 +253,10 @@ class RoomEvents:
     def room_finished(self, room: RoomView, reason: str) -> None:
         self.hub.feed(RoomClosed(room.project_id, room.name, reason, self.hub.clock_ms()))
         self._record(room, "room.finished", f"room {room.name} ({room.sid}) finished: {reason}")
-        event = whpb.WebhookEvent(event=webhooks.ROOM_FINISHED)
-        event.room_end_reason = webhooks.room_end_reason(reason)  # type: ignore[assignment]
-        self._emit(room, event)
+        if self._wants(room):
+            event = whpb.WebhookEvent(event=webhooks.ROOM_FINISHED)
+            event.room_end_reason = webhooks.room_end_reason(reason)  # type: ignore[assignment]
+            self._emit(room, event)
 
     # -- token dispatch
 
@@ -313,6 +320,10 @@ class RoomEvents:
             agent_name=p.attributes.get("lk.agent_name", "") if p.kind == AGENT else "",
         )
 
+    def _wants(self, room: RoomView) -> bool:
+        """Whether the room's webhook events go anywhere: when not, none is built."""
+        return self.sink is not None and self.sink.wants(room.project_id)
+
     def _emit(self, room: RoomView, event: whpb.WebhookEvent) -> None:
         if self.sink is None:
             return
@@ -367,7 +378,10 @@ class SupersededAgents:
 
     def __call__(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, SaveJob) and _is_retry(action.record):
+            # attempt first: a cheap test that rules out nearly every saved job
+            if isinstance(action, SaveJob) and action.record.attempt > 1 and _is_retry(
+                action.record
+            ):
                 for old in self._earlier_attempts(action.record):
                     self._remove(old)
 

@@ -20,6 +20,7 @@ its stored state history.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,9 +39,17 @@ _HELD = (JobState.ASSIGNED, JobState.RUNNING, JobState.ORPHANED)
 MAX_REMEMBERED_ENDS = 100_000
 
 
+DAY_MS = 86_400_000
+
+
 def day_of(at_ms: int) -> str:
-    """The UTC day (YYYY-MM-DD) an epoch-ms time falls on."""
-    return dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC).strftime("%Y-%m-%d")
+    """The UTC day (YYYY-MM-DD) an epoch-ms time falls on (UTC days are all `DAY_MS` long)."""
+    return _day(at_ms // DAY_MS)
+
+
+@functools.lru_cache(maxsize=64)
+def _day(days_since_epoch: int) -> str:
+    return dt.datetime.fromtimestamp(days_since_epoch * 86_400, dt.UTC).strftime("%Y-%m-%d")
 
 
 class UsageMeter:

@@ -77,6 +77,10 @@ MAX_POSTS_PER_WEBHOOK = 16
 class EventSink(Protocol):
     """Where webhook events go (the `Notifier`; a list in tests)."""
 
+    def wants(self, project_id: str) -> bool:
+        """False when an event of the project would go nowhere: callers then skip building it."""
+        ...
+
     def emit(self, project_id: str, room_name: str, event: whpb.WebhookEvent) -> None: ...
 
 
@@ -160,8 +164,13 @@ def room_end_reason(why: str) -> int:
 
 
 def job_event(kind: str, spec: DispatchSpec, job: JobRecord) -> whpb.WebhookEvent:
-    room = models.Room(sid=spec.room.sid, name=spec.room.name)
-    return whpb.WebhookEvent(event=kind, room=room, job=convert.job_with_state(spec, job))
+    event = whpb.WebhookEvent(event=kind)
+    room = event.room
+    room.SetInParent()
+    room.sid = spec.room.sid
+    room.name = spec.room.name
+    convert.fill_job_with_state(event.job, spec, job)
+    return event
 
 
 class JobEvents:
@@ -183,24 +192,37 @@ class JobEvents:
         self._lookup = lookup
 
     def __call__(self, actions: list[Action]) -> None:
-        specs = {a.record.spec.dispatch_id: a.record.spec for a in actions
-                 if isinstance(a, SaveDispatch)}
+        # Runs for every batch of every dispatch: most batches save no job that starts or ends,
+        # and most projects have no webhook, so both are ruled out before anything is built.
         for action in actions:
             if isinstance(action, SaveJob):
-                self._job_saved(action.record, specs)
+                job = action.record
+                kind = _job_event_kind(job)
+                if kind is not None and self._notifier.wants(job.project_id):
+                    self._job_saved(kind, job, actions)
 
-    def _job_saved(self, job: JobRecord, specs: Mapping[str, DispatchSpec]) -> None:
-        if job.state is JobState.ASSIGNED:
-            kind = AGENT_JOB_STARTED
-        elif job.state.is_terminal and job.participant_identity:  # it had started
-            kind = AGENT_JOB_ENDED
-        else:
-            return
-        spec = specs.get(job.dispatch_id)
+    def _job_saved(self, kind: str, job: JobRecord, actions: list[Action]) -> None:
+        spec = _saved_spec(actions, job.dispatch_id)
         if spec is None and (record := self._lookup(job.dispatch_id)) is not None:
             spec = record.spec
         if spec is not None:
             self._notifier.emit(job.project_id, job.room_name, job_event(kind, spec, job))
+
+
+def _job_event_kind(job: JobRecord) -> str | None:
+    if job.state is JobState.ASSIGNED:
+        return AGENT_JOB_STARTED
+    if job.state.is_terminal and job.participant_identity:  # it had started
+        return AGENT_JOB_ENDED
+    return None
+
+
+def _saved_spec(actions: list[Action], dispatch_id: str) -> DispatchSpec | None:
+    """The dispatch as saved in this batch (its last save), if it was."""
+    for action in reversed(actions):
+        if isinstance(action, SaveDispatch) and action.record.spec.dispatch_id == dispatch_id:
+            return action.record.spec
+    return None
 
 
 # -- delivery -------------------------------------------------------------------------------------
@@ -276,6 +298,9 @@ class Notifier:
                 self._discard(key, queue)
         for webhook_id in set(self._limits) - live:
             del self._limits[webhook_id]
+
+    def wants(self, project_id: str) -> bool:
+        return bool(self._hooks.get(project_id))
 
     def emit(self, project_id: str, room_name: str, event: whpb.WebhookEvent) -> None:
         """Queue `event` for each of the project's webhooks; returns at once."""
