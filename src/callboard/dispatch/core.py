@@ -34,7 +34,7 @@ from typing import Any, assert_never
 
 from callboard.dispatch import eventlog, trace
 from callboard.dispatch.ledger import DispatchEntry, JobEntry, Outbox, Timers, WorkerEntry
-from callboard.dispatch.matching import PoolKey, mismatches, spec_key, worker_key
+from callboard.dispatch.matching import PoolKey, mismatches, worker_key
 from callboard.dispatch.model import (
     Action,
     AvailabilityAnswered,
@@ -784,7 +784,7 @@ class Dispatcher:
 
 def _job_key(spec: DispatchSpec, job_type: JobType) -> PoolKey:
     """Which workers may take a job: the dispatch's agent, with the job's own type."""
-    return spec_key(spec)._replace(job_type=job_type)
+    return PoolKey(spec.project_id, spec.owner, spec.agent_name, spec.namespace, job_type)
 
 
 def _offered_to(job: JobEntry, worker_id: str) -> bool:

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from callboard.dispatch.model import DispatchSpec, JobType, WorkerInfo
+from callboard.dispatch.model import JobType, WorkerInfo
 
 
 class PoolKey(NamedTuple):
@@ -31,10 +31,6 @@ class PoolKey(NamedTuple):
 
 def worker_key(info: WorkerInfo) -> PoolKey:
     return PoolKey(info.project_id, info.owner, info.agent_name, info.namespace, info.job_type)
-
-
-def spec_key(spec: DispatchSpec) -> PoolKey:
-    return PoolKey(spec.project_id, spec.owner, spec.agent_name, spec.namespace, spec.job_type)
 
 
 def mismatch(worker: PoolKey, wanted: PoolKey) -> str | None:
