@@ -673,7 +673,7 @@ async def test_a_dispatch_saved_many_times_is_written_once_as_its_newest(
     assert file_rows(db, "SELECT count(*) FROM dispatches") == [(1,)]
 
 
-async def test_text_json_cannot_carry_is_written_exactly(store: SqliteStore) -> None:
+async def test_awkward_text_is_written_exactly(store: SqliteStore) -> None:
     tricky = 'nul\x00inside "quoted" \\ é😀 \u2028 \x01'
     store.submit_room(dataclasses.replace(room("r1"), metadata=tricky))
     spec = dataclasses.replace(dispatch().spec, metadata=tricky)

@@ -2,10 +2,7 @@
 
 Each table has a column tuple, a `*_row` function producing the values in that order, and a
 `*_from_row` function reading a `sqlite3.Row` back. Nested values (a dispatch's trace and job ids, a
-room's agents) are JSON text: they are only ever read whole, never queried into. Their `*_row`
-leaves them as Python lists (the `*_JSON` positions): a batch of rows travels to SQLite as one JSON
-array (`batch_sql`), where they stay JSON without being encoded twice; `bindable` turns them into
-text for a one-row statement.
+room's agents) are JSON text: they are only ever read whole, never queried into.
 """
 
 from __future__ import annotations
@@ -51,10 +48,6 @@ EVENT_COLUMNS: Final = (
 )
 
 
-ROOM_JSON: Final = (ROOM_COLUMNS.index("agents"),)
-DISPATCH_JSON: Final = (DISPATCH_COLUMNS.index("job_ids"),)
-
-
 def _dumps(value: Any) -> str:
     # default=str: a trace detail that is not JSON-native is diagnostic text, not worth a lost save.
     return json.dumps(value, separators=(",", ":"), default=str)
@@ -82,7 +75,7 @@ def room_row(room: Room) -> Values:
     return (
         room.project_id, room.name, room.sid, room.created_at_ms, room.creator_key, room.owner,
         room.metadata, room.empty_timeout_s, room.departure_timeout_s, room.max_participants,
-        [list(agent) for agent in room.agents],
+        _dumps([list(agent) for agent in room.agents]),
     )
 
 
@@ -103,7 +96,7 @@ def dispatch_row(record: DispatchRecord) -> Values:
     return (
         spec.dispatch_id, spec.project_id, spec.room.name, spec.room.sid, spec.agent_name,
         spec.owner, spec.api_key, spec.namespace, int(spec.job_type), spec.metadata, spec.source,
-        spec.created_at_ms, int(record.deleted), trace, list(record.job_ids),
+        spec.created_at_ms, int(record.deleted), trace, _dumps(list(record.job_ids)),
     )
 
 
@@ -189,42 +182,15 @@ def event_from_row(row: sqlite3.Row) -> StoredEvent:
     )
 
 
-def bindable(values: Values, json_positions: tuple[int, ...]) -> Values:
-    """A `*_row` ready for a one-row statement: its nested values as JSON text."""
-    if not json_positions:
-        return values
-    return tuple(_dumps(v) if i in json_positions else v for i, v in enumerate(values))
+def rows_sql(table: str, columns: tuple[str, ...], rows: int, tail: str = "") -> str:
+    """One INSERT of `rows` rows (`tail`: an ON CONFLICT clause): the writer thread binds a whole
+    batch in one call and SQLite runs it in one step, without the GIL, instead of handing the
+    GIL back and forth with the event loop for every row."""
+    values = ", ".join(["(" + ", ".join("?" * len(columns)) + ")"] * rows)
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}{tail}"
 
 
-def batch_text(rows: list[Values]) -> str | None:
-    """The rows as one JSON array for `batch_sql`, or None when JSON cannot carry them exactly
-    (SQLite's JSON text functions stop at a NUL character; such rows go one statement each)."""
-    text = json.dumps(rows, separators=(",", ":"), ensure_ascii=False, default=str)
-    return None if "\\u0000" in text else text
-
-
-def batch_sql(
-    table: str,
-    columns: tuple[str, ...],
-    json_positions: tuple[int, ...] = (),
-    key: tuple[str, ...] = (),
-) -> str:
-    """One statement writing many rows, passed as a single JSON array parameter (`batch_text`).
-
-    Why: the writer thread holds the GIL while Python binds a statement and releases it while
-    SQLite runs it, so one statement per row hands the GIL back and forth with the event loop
-    for every row; here SQLite unpacks the whole batch itself (json_each). Rows are written in
-    array order, so an upsert of one key twice keeps the later row and fires its triggers once
-    per row, as separate statements would. With `key`, an upsert.
-    """
-    picks = ", ".join(
-        f"value->{i}" if i in json_positions else f"value->>{i}" for i in range(len(columns))
-    )
-    sql = f"INSERT INTO {table} ({', '.join(columns)}) SELECT {picks} FROM json_each(?) WHERE 1"
-    return sql + _on_conflict(columns, key) if key else sql
-
-
-def _on_conflict(columns: tuple[str, ...], key: tuple[str, ...]) -> str:
+def on_conflict(columns: tuple[str, ...], key: tuple[str, ...]) -> str:
     updates = ", ".join(f"{col} = excluded.{col}" for col in columns if col not in key)
     return f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
 
@@ -236,4 +202,4 @@ def insert_sql(table: str, columns: tuple[str, ...]) -> str:
 def upsert_sql(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
     """INSERT … ON CONFLICT DO UPDATE (not INSERT OR REPLACE, which deletes the row and so would
     fire the job-history insert trigger for an unchanged state)."""
-    return insert_sql(table, columns) + _on_conflict(columns, key)
+    return insert_sql(table, columns) + on_conflict(columns, key)

@@ -3,10 +3,10 @@
 Why this exists: a dispatch produces about ten small records (room, dispatch versions, job states,
 event-log lines) within a few milliseconds. Written one statement each, the writer thread takes the
 GIL back from the event loop for every row, and re-encodes a dispatch's whole explain trace each
-time it is saved. Gathered here instead, each table gets one statement per batch whose rows travel
-as a single JSON array (`codec.batch_sql`), and a dispatch saved several times before the writer got
-to it is encoded and written once, as its newest version. Jobs keep every version in order: the
-job-history triggers must see each state.
+time it is saved. Gathered here instead, each table gets one multi-row statement per batch (a few,
+for a big one: `codec.rows_sql`), bound in one call and run by SQLite in one step, and a dispatch
+saved several times before the writer got to it is written once, as its newest version. Jobs keep
+every version in order: the job-history triggers must see each state.
 
 Order with the other writes: the store closes the open `Records` whenever it queues any other write
 (`RecordSlot.close_any`), so a record submitted after, say, a room deletion is written after it.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from callboard.dispatch.model import DispatchRecord, JobRecord, RecordEvent
@@ -36,41 +36,39 @@ _USAGE_ADD: Final = " ON CONFLICT (project_id, owner, day) DO UPDATE SET " + ", 
 
 
 class _Table:
-    """One table's two statements: the batch one, and the one-row one used to find a bad row."""
+    """One table's statements: many rows at once, and one row (used to find a bad row)."""
 
-    def __init__(
-        self,
-        table: str,
-        columns: tuple[str, ...],
-        json_positions: tuple[int, ...] = (),
-        key: tuple[str, ...] = (),
-        conflict: str = "",
-    ) -> None:
-        self.json_positions = json_positions
-        if conflict:
-            self.batch = codec.batch_sql(table, columns, json_positions) + conflict
-            self.one = codec.insert_sql(table, columns) + conflict
-        elif key:
-            self.batch = codec.batch_sql(table, columns, json_positions, key)
-            self.one = codec.upsert_sql(table, columns, key)
-        else:
-            self.batch = codec.batch_sql(table, columns, json_positions)
-            self.one = codec.insert_sql(table, columns)
+    def __init__(self, table: str, columns: tuple[str, ...], tail: str = "") -> None:
+        self._table, self._columns, self._tail = table, columns, tail
+        self.one = codec.insert_sql(table, columns) + tail
+        self._many: dict[int, str] = {}
+
+    def _sql(self, rows: int) -> str:
+        sql = self._many.get(rows)
+        if sql is None:
+            sql = self._many[rows] = codec.rows_sql(self._table, self._columns, rows, self._tail)
+        return sql
 
     def write(
         self, conn: sqlite3.Connection, rows: list[codec.Values], label: Callable[[int], str]
     ) -> int:
-        """Write the rows; return how many failed (each logged with its `label(i)`, the rest
-        kept). Labels are made only then: the usual batch never needs them."""
-        text = codec.batch_text(rows)
-        if text is not None:
-            try:
-                conn.execute(self.batch, (text,))
-                return 0
-            except sqlite3.Error:
-                if not conn.in_transaction:  # SQLite gave up the transaction: not one row's fault
-                    raise
-        return self._one_by_one(conn, rows, label)
+        """Write the rows in order; return how many failed (each logged with its `label(i)`, the
+        rest kept). Labels are made only then: the usual batch never needs them."""
+        conn.execute("SAVEPOINT batch")
+        try:
+            start = 0
+            for size in _chunks(len(rows)):
+                chunk = rows[start:start + size]
+                conn.execute(self._sql(size), [value for row in chunk for value in row])
+                start += size
+        except sqlite3.Error:
+            if not conn.in_transaction:  # SQLite gave up the transaction: not one row's fault
+                raise
+            conn.execute("ROLLBACK TO batch")
+            conn.execute("RELEASE batch")
+            return self._one_by_one(conn, rows, label)
+        conn.execute("RELEASE batch")
+        return 0
 
     def _one_by_one(
         self, conn: sqlite3.Connection, rows: list[codec.Values], label: Callable[[int], str]
@@ -79,7 +77,7 @@ class _Table:
         for i, row in enumerate(rows):
             conn.execute("SAVEPOINT one_record")
             try:
-                conn.execute(self.one, codec.bindable(row, self.json_positions))
+                conn.execute(self.one, row)
             except sqlite3.Error as exc:
                 conn.execute("ROLLBACK TO one_record")
                 log.error("store: writing %s failed: %r", label(i), exc)
@@ -88,13 +86,28 @@ class _Table:
         return failed
 
 
-_ROOMS: Final = _Table("rooms", codec.ROOM_COLUMNS, codec.ROOM_JSON, _ROOM_KEY)
-_DISPATCHES: Final = _Table(
-    "dispatches", codec.DISPATCH_COLUMNS, codec.DISPATCH_JSON, ("dispatch_id",)
+def _chunks(rows: int) -> Iterator[int]:
+    """Statement sizes for `rows` rows: powers of two up to CHUNK_ROWS, so a few cached
+    statements serve every batch (and a chunk stays far below SQLite's 32,766 parameters)."""
+    size = CHUNK_ROWS
+    while rows:
+        while size > rows:
+            size //= 2
+        yield size
+        rows -= size
+
+
+CHUNK_ROWS: Final = 256
+_ROOMS: Final = _Table(
+    "rooms", codec.ROOM_COLUMNS, codec.on_conflict(codec.ROOM_COLUMNS, _ROOM_KEY)
 )
-_JOBS: Final = _Table("jobs", codec.JOB_COLUMNS, key=("job_id",))
+_DISPATCHES: Final = _Table(
+    "dispatches", codec.DISPATCH_COLUMNS,
+    codec.on_conflict(codec.DISPATCH_COLUMNS, ("dispatch_id",)),
+)
+_JOBS: Final = _Table("jobs", codec.JOB_COLUMNS, codec.on_conflict(codec.JOB_COLUMNS, ("job_id",)))
 _EVENTS: Final = _Table("events", codec.EVENT_COLUMNS)
-_USAGE: Final = _Table("usage_daily", _USAGE_COLUMNS, conflict=_USAGE_ADD)
+_USAGE: Final = _Table("usage_daily", _USAGE_COLUMNS, _USAGE_ADD)
 
 
 class RecordSlot:
