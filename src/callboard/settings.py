@@ -40,6 +40,10 @@ class Settings:
     """A worker must send `register` within this long after connecting."""
     ping_interval_s: float = 10.0
     """WebSocket ping interval on /agent; a peer silent for twice this long is dropped."""
+    store_commit_window_ms: float = 1.0
+    """Group commit: after the first write arrives, the store writer gathers more for this long
+    before committing. API calls are acknowledged after the commit (this much later, at most);
+    assignments to workers never wait for it, and the commit no longer competes with them."""
     drain_timeout_s: float = 30.0
     """On SIGTERM: how long running jobs may drain before the server exits."""
     strict_token_dispatch: bool = False

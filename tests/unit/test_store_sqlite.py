@@ -701,3 +701,19 @@ async def test_a_bad_record_is_logged_and_the_rest_of_its_batch_kept(
     assert [e.kind for e in store.query_events(EventQuery(project_id="P_a"))] == ["kept"]
     assert "job AJ_bad" in caplog.text and "NOT NULL" in caplog.text
     assert store.stats.failed_ops == 1
+
+
+async def test_the_commit_window_gathers_writes_that_arrive_soon_after(db: Path) -> None:
+    s = SqliteStore(str(db), commit_window_s=0.2)
+    await s.open()
+    try:
+        commits = s.stats.commits
+        s.submit_event(event("first"))
+        await asyncio.sleep(0.02)
+        s.submit_job(job())  # inside the window: joins the same commit (two without a window)
+        await s.flush()
+        assert s.stats.commits == commits + 1
+        assert [e.kind for e in s.query_events(EventQuery(project_id="P_a"))] == ["first"]
+        assert s.get_job("P_a", "AJ_1") is not None
+    finally:
+        await s.close()

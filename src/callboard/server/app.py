@@ -182,7 +182,7 @@ def banner(settings: Settings, admin_token: str, fresh_admin: bool) -> str:
 
 async def serve(settings: Settings, *, ready: Callable[[str], None] = print) -> None:
     """Run until SIGTERM/SIGINT, then drain and exit."""
-    store = SqliteStore(settings.db)
+    store = SqliteStore(settings.db, commit_window_s=settings.store_commit_window_ms / 1000)
     await store.open()
     try:
         if settings.dev:
