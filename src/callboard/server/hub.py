@@ -39,7 +39,7 @@ from callboard.store.base import Store
 log = logging.getLogger("callboard.dispatch")
 events_log = logging.getLogger("callboard.events")
 
-_INFO_KINDS = ("worker.", "room.", "crosstalk.", "webhook.")
+_INFO_KINDS = ("worker.", "crosstalk.", "webhook.")
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -173,9 +173,10 @@ class Hub:
     def _log_event(self, event: RecordEvent) -> None:
         """Server log line of an event-log entry.
 
-        Per-dispatch lifecycle lines (dispatch.*, job.*, agent.*) go to DEBUG when all is well:
-        the project's event log (`callboard logs`) keeps them, and at INFO they cost more server
-        time per dispatch than the dispatch itself. Warnings and errors are always logged.
+        Per-call lifecycle lines (dispatch.*, job.*, agent.*, room.*, participant.*, track.*) go
+        to DEBUG when all is well: the project's event log (`callboard logs`) keeps them, and at
+        INFO they cost more server time per call than the dispatch itself. Workers, crosstalk and
+        webhooks stay at INFO; warnings and errors are always logged.
         """
         level = _LEVELS.get(event.level, logging.INFO)
         if level == logging.INFO and not event.kind.startswith(_INFO_KINDS):
