@@ -49,30 +49,20 @@ class _Table:
             sql = self._many[rows] = codec.rows_sql(self._table, self._columns, rows, self._tail)
         return sql
 
-    def write(
-        self, conn: sqlite3.Connection, rows: list[codec.Values], label: Callable[[int], str]
-    ) -> int:
-        """Write the rows in order; return how many failed (each logged with its `label(i)`, the
-        rest kept). Labels are made only then: the usual batch never needs them."""
-        conn.execute("SAVEPOINT batch")
-        try:
-            start = 0
-            for size in _chunks(len(rows)):
-                chunk = rows[start:start + size]
-                conn.execute(self._sql(size), [value for row in chunk for value in row])
-                start += size
-        except sqlite3.Error:
-            if not conn.in_transaction:  # SQLite gave up the transaction: not one row's fault
-                raise
-            conn.execute("ROLLBACK TO batch")
-            conn.execute("RELEASE batch")
-            return self._one_by_one(conn, rows, label)
-        conn.execute("RELEASE batch")
-        return 0
+    def write(self, conn: sqlite3.Connection, rows: list[codec.Values]) -> None:
+        """All rows in order, a few statements (any failure raises: the writer then retries the
+        records alone, `Records.write_carefully`)."""
+        start = 0
+        for size in _chunks(len(rows)):
+            chunk = rows[start:start + size]
+            conn.execute(self._sql(size), [value for row in chunk for value in row])
+            start += size
 
-    def _one_by_one(
+    def one_by_one(
         self, conn: sqlite3.Connection, rows: list[codec.Values], label: Callable[[int], str]
     ) -> int:
+        """Each row under its own savepoint; return how many failed (each logged with its
+        `label(i)`, the rest kept)."""
         failed = 0
         for i, row in enumerate(rows):
             conn.execute("SAVEPOINT one_record")
@@ -84,6 +74,17 @@ class _Table:
                 failed += 1
             conn.execute("RELEASE one_record")
         return failed
+
+
+class _RoomDeletes(_Table):
+    """Rooms deleted (their rows are `(project_id, name)`): few, so one statement per row."""
+
+    def __init__(self) -> None:
+        super().__init__("rooms", _ROOM_KEY)
+        self.one = "DELETE FROM rooms WHERE project_id = ? AND name = ?"
+
+    def write(self, conn: sqlite3.Connection, rows: list[codec.Values]) -> None:
+        conn.executemany(self.one, rows)
 
 
 def _chunks(rows: int) -> Iterator[int]:
@@ -98,6 +99,7 @@ def _chunks(rows: int) -> Iterator[int]:
 
 
 CHUNK_ROWS: Final = 256
+_ROOM_DELETES: Final = _RoomDeletes()
 _ROOMS: Final = _Table(
     "rooms", codec.ROOM_COLUMNS, codec.on_conflict(codec.ROOM_COLUMNS, _ROOM_KEY)
 )
@@ -157,34 +159,40 @@ class Records:
         self.count += later.count
 
     def write(self, conn: sqlite3.Connection) -> None:
-        """On the writer thread, inside its transaction."""
+        """On the writer thread, inside its transaction: a few statements per table."""
         self.seal()
-        failed = 0
+        for table, rows, _ in self._tables():
+            table.write(conn, rows)
+
+    def write_carefully(self, conn: sqlite3.Connection) -> int:
+        """After `write` failed: row by row, so only a bad row is lost (logged). Returns how
+        many rows failed (also kept in `failed`)."""
+        self.seal()
+        tables = self._tables()
+        self.failed = sum(table.one_by_one(conn, rows, label) for table, rows, label in tables)
+        return self.failed
+
+    def _tables(self) -> Iterator[tuple[_Table, list[codec.Values], Callable[[int], str]]]:
         gone = [key for key, room in self.rooms.items() if room is None]
         if gone:
-            conn.executemany("DELETE FROM rooms WHERE project_id = ? AND name = ?", gone)
+            yield _ROOM_DELETES, list(gone), lambda i: f"room {gone[i][1]!r}"
         rooms = [room for room in self.rooms.values() if room is not None]
         if rooms:
-            rows = [codec.room_row(r) for r in rooms]
-            failed += _ROOMS.write(conn, rows, lambda i: f"room {rooms[i].name!r}")
+            yield _ROOMS, [codec.room_row(r) for r in rooms], lambda i: f"room {rooms[i].name!r}"
         if self.dispatches:
             ds = list(self.dispatches.values())
             rows = [codec.dispatch_row(d) for d in ds]
-            failed += _DISPATCHES.write(conn, rows, lambda i: f"dispatch {ds[i].spec.dispatch_id}")
+            yield _DISPATCHES, rows, lambda i: f"dispatch {ds[i].spec.dispatch_id}"
         if self.jobs:
             jobs = self.jobs
-            rows = [codec.job_row(j) for j in jobs]
-            failed += _JOBS.write(conn, rows, lambda i: f"job {jobs[i].job_id}")
+            yield _JOBS, [codec.job_row(j) for j in jobs], lambda i: f"job {jobs[i].job_id}"
         if self.events:
             events = self.events
             rows = [codec.event_row(e) for e in events]
-            failed += _EVENTS.write(conn, rows, lambda i: _event_label(events[i]))
+            yield _EVENTS, rows, lambda i: _event_label(events[i])
         if self.usage:
             usage = self.usage
-            failed += _USAGE.write(
-                conn, usage, lambda i: f"usage {usage[i][0]}/{usage[i][1] or '-'}/{usage[i][2]}"
-            )
-        self.failed = failed
+            yield _USAGE, usage, lambda i: f"usage {usage[i][0]}/{usage[i][1] or '-'}/{usage[i][2]}"
 
 
 def _event_label(event: RecordEvent) -> str:

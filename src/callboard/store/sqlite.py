@@ -282,7 +282,7 @@ class _Writer:
             conn.execute("COMMIT")
         except Exception as exc:
             _rollback(conn)
-            if len(work) == 1:
+            if len(work) == 1 and work[0].records is None:
                 return [self._failed(work[0], exc)]
             self.stats.retried_batches += 1
             return [self._apply_one(conn, op) for op in work]
@@ -292,9 +292,14 @@ class _Writer:
         return [_Outcome(op, value) for op, value in zip(work, values, strict=True)]
 
     def _apply_one(self, conn: sqlite3.Connection, op: _Op) -> _Outcome:
+        """Alone in its transaction; submitted records are then written row by row, so that
+        only a bad row is lost."""
         try:
             conn.execute("BEGIN IMMEDIATE")
-            value = cast(Apply, op.apply)(conn)
+            if op.records is not None:
+                value = op.records.write_carefully(conn)
+            else:
+                value = cast(Apply, op.apply)(conn)
             conn.execute("COMMIT")
         except Exception as exc:
             _rollback(conn)
