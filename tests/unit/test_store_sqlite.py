@@ -717,3 +717,18 @@ async def test_the_commit_window_gathers_writes_that_arrive_soon_after(db: Path)
         assert s.get_job("P_a", "AJ_1") is not None
     finally:
         await s.close()
+
+
+async def test_usage_submitted_together_is_added_up(store: SqliteStore) -> None:
+    for _ in range(3):
+        store.submit_usage("P_a", "", "2026-01-01", dispatches=1, agent_session_ms=200)
+    store.submit_usage("P_a", "bob", "2026-01-01", dispatches=5)
+    store.submit_usage("P_a", "", "2026-01-02", dispatches=7)
+    await store.flush()
+    store.submit_usage("P_a", "", "2026-01-01", dispatches=1)
+    await store.flush()
+    rows = {(r.owner, r.day): r for r in store.query_usage("P_a")}
+    assert rows[("", "2026-01-01")].dispatches == 4
+    assert rows[("", "2026-01-01")].agent_session_ms == 600
+    assert rows[("bob", "2026-01-01")].dispatches == 5
+    assert rows[("", "2026-01-02")].dispatches == 7

@@ -132,7 +132,8 @@ class RecordSlot:
 
 
 class Records:
-    """Rooms and dispatches by key (newest wins), jobs, events and usage in submission order."""
+    """Rooms and dispatches by key (newest wins), jobs and events in submission order, usage
+    added up per (project, owner, day)."""
 
     __slots__ = ("_slot", "count", "dispatches", "events", "failed", "jobs", "rooms", "usage")
 
@@ -142,9 +143,17 @@ class Records:
         self.dispatches: dict[str, DispatchRecord] = {}
         self.jobs: list[JobRecord] = []
         self.events: list[RecordEvent] = []
-        self.usage: list[codec.Values] = []
+        self.usage: dict[tuple[str, str, str], list[int]] = {}
         self.count = 0  # records submitted, coalesced ones included
         self.failed = 0  # rows that could not be written (set by `write`)
+
+    def add_usage(self, key: tuple[str, str, str], amounts: list[int]) -> None:
+        total = self.usage.get(key)
+        if total is None:
+            self.usage[key] = list(amounts)
+        else:
+            for i, amount in enumerate(amounts):
+                total[i] += amount
 
     def seal(self) -> None:
         """No more submissions into this one (the writer is about to take it)."""
@@ -155,7 +164,8 @@ class Records:
         self.dispatches.update(later.dispatches)
         self.jobs.extend(later.jobs)
         self.events.extend(later.events)
-        self.usage.extend(later.usage)
+        for key, amounts in later.usage.items():
+            self.add_usage(key, amounts)
         self.count += later.count
 
     def write(self, conn: sqlite3.Connection) -> None:
@@ -191,7 +201,7 @@ class Records:
             rows = [codec.event_row(e) for e in events]
             yield _EVENTS, rows, lambda i: _event_label(events[i])
         if self.usage:
-            usage = self.usage
+            usage = [(*key, *amounts) for key, amounts in self.usage.items()]
             yield _USAGE, usage, lambda i: f"usage {usage[i][0]}/{usage[i][1] or '-'}/{usage[i][2]}"
 
 

@@ -826,7 +826,7 @@ class SqliteStore(Store):
             raise ValueError(f"unknown usage fields {sorted(unknown)}")
         values = [int(amounts.get(f, 0)) for f in USAGE_FIELDS]
         with self._slot.lock:
-            self._records().usage.append((project_id, owner, day, *values))
+            self._records().add_usage((project_id, owner, day), values)
 
     def query_usage(self, project_id: str, since_day: str = "") -> list[UsageRow]:
         rows = self._reader.all(
