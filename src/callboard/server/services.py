@@ -74,11 +74,13 @@ async def create_room(
     departure_timeout_s: int = 0,
     max_participants: int = 0,
     agents: Sequence[AgentRequest] = (),
+    before_ack: Callable[[Room], object] | None = None,
 ) -> tuple[Room, bool]:
     """Create the room if missing (returning it and True), else return the existing one and False.
 
     A new room dispatches its configured agents, or, with none configured, one automatic dispatch
-    (agent name "") that only unnamed workers receive.
+    (agent name "") that only unnamed workers receive. `before_ack` runs before the final flush,
+    so what it records (the live room's room.started) is committed when this returns.
     """
     room, created = ensure_room(
         hub, caller, name, metadata=metadata, empty_timeout_s=empty_timeout_s,
@@ -89,7 +91,9 @@ async def create_room(
         ref = RoomRef(caller.project_id, room.name, room.sid)
         for agent in room_agents(agents):
             dispatch_agent(hub, caller, ref, agent, source="room")
-        await hub.store.flush()
+    if before_ack is not None:
+        before_ack(room)
+    await hub.store.flush()
     return room, created
 
 
@@ -162,14 +166,22 @@ def dispatch_agent(
 
 
 async def create_dispatch(
-    hub: Hub, caller: Caller, room_name: str, agent: AgentRequest
+    hub: Hub,
+    caller: Caller,
+    room_name: str,
+    agent: AgentRequest,
+    *,
+    before_ack: Callable[[Room], object] | None = None,
 ) -> DispatchRecord:
+    """The room (created if missing) gets a dispatch; `before_ack` as in `create_room`."""
     validate_name(room_name, "room")
     validate_name(agent.agent_name, "agent_name", allow_empty=True)
     validate_metadata(agent.metadata)
     room, _ = ensure_room(hub, caller, room_name)
     ref = RoomRef(caller.project_id, room.name, room.sid)
     dispatch_id = dispatch_agent(hub, caller, ref, agent, source="api")
+    if before_ack is not None:
+        before_ack(room)
     await hub.store.flush()
     record = hub.core.dispatch(dispatch_id)
     assert record is not None

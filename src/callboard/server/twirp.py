@@ -26,6 +26,7 @@ from callboard.rtc.manager import RoomManager
 from callboard.server import services
 from callboard.server.auth import Caller, authenticate, request_token, require
 from callboard.server.hub import Hub
+from callboard.store.base import Room
 
 log = logging.getLogger("callboard.twirp")
 
@@ -61,8 +62,9 @@ async def create_dispatch(api: Api, caller: Caller, req: dpb.CreateAgentDispatch
     if req.attributes:  # none: nothing to measure (most calls)
         services.validate_attributes(dict(req.attributes))
     agent = services.AgentRequest(req.agent_name, req.metadata)
-    record = await services.create_dispatch(api.hub, caller, req.room, agent)
-    _open_live(api, caller, req.room)
+    record = await services.create_dispatch(
+        api.hub, caller, req.room, agent, before_ack=lambda room: _open_live(api, caller, room)
+    )
     return convert.agent_dispatch(record, services.jobs_of(api.hub, record))
 
 
@@ -86,6 +88,7 @@ async def list_dispatch(api: Api, caller: Caller, req: dpb.ListAgentDispatchRequ
 async def create_room(api: Api, caller: Caller, req: rpb.CreateRoomRequest) -> Message:
     require(caller, "room_create")
     agents = [services.AgentRequest(a.agent_name, a.metadata) for a in req.agents]
+    opened: list[RoomView | None] = []
     room, _ = await services.create_room(
         api.hub,
         caller,
@@ -95,18 +98,16 @@ async def create_room(api: Api, caller: Caller, req: rpb.CreateRoomRequest) -> M
         departure_timeout_s=req.departure_timeout,
         max_participants=req.max_participants,
         agents=agents,
+        before_ack=lambda stored: opened.append(_open_live(api, caller, stored)),
     )
-    live = _open_live(api, caller, room.name)
+    live = opened[0] if opened else None
     return convert.room_message(live) if live is not None else convert.room_message(room)
 
 
-def _open_live(api: Api, caller: Caller, name: str) -> RoomView | None:
+def _open_live(api: Api, caller: Caller, stored: Room) -> RoomView:
     """A stored room the room model does not track yet starts now (room_started, its timers)."""
-    live = api.rooms.model.get_room(caller.project_id, name)
-    if live is not None:
-        return live
-    stored = api.hub.store.get_room(caller.project_id, name)
-    return api.rooms.open_room(stored, caller.key) if stored is not None else None
+    live = api.rooms.model.get_room(caller.project_id, stored.name)
+    return live if live is not None else api.rooms.open_room(stored, caller.key)
 
 
 async def list_rooms(api: Api, caller: Caller, req: rpb.ListRoomsRequest) -> Message:
