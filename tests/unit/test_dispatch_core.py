@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,7 @@ from callboard.dispatch.model import (
     SendAvailabilityRequest,
     SendTermination,
     Tick,
+    TraceEntry,
     WorkerGone,
     WorkerInfo,
     WorkerRegistered,
@@ -1753,3 +1755,35 @@ def test_restored_participant_job_keeps_its_type_and_participant() -> None:
     retry = one(rig.later(1000), SendAvailabilityRequest)
     assert retry.worker_id == "AW_c" and retry.offer.job_type is JobType.PARTICIPANT
     assert retry.offer.participant is not None and retry.offer.participant.identity == "caller"
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        {},
+        {"job": "AJ_1", "workers": [{"worker_id": "AW_1", "load": 0.25, "tried": False}]},
+        {"why": 'quote " and é and \u2028', "n": 3, "none": None, "nested": {"a": [1, 2.5]}},
+        {"odd": {1, 2}},  # not JSON-native: diagnostic text
+        {1: "a non-string key"},
+    ],
+)
+def test_trace_line_json_is_what_json_dumps_makes(detail: dict[Any, Any]) -> None:
+    entry = TraceEntry(T0, "candidates", detail)
+    expected = json.dumps(
+        [T0, "candidates", detail], separators=(",", ":"), ensure_ascii=False, default=str
+    )
+    assert entry.json_text == expected
+
+
+def test_trace_lines_sharing_a_list_encode_it_the_same() -> None:
+    rig = Rig()
+    rig.register("AW_a", agent="bot")
+    rig.create("AD_1", agent="bot")
+    rig.create("AD_2", agent="bot")
+    first, second = rig.d.dispatch("AD_1"), rig.d.dispatch("AD_2")
+    assert first is not None and second is not None
+    one, two = first.trace[1], second.trace[1]
+    assert one.detail["workers"] is two.detail["workers"]  # the pool's lines, shared
+    assert one.json_text.replace(one.detail["job"], "") == two.json_text.replace(
+        two.detail["job"], ""
+    ).replace(str(two.at_ms), str(one.at_ms))

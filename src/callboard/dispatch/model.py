@@ -146,11 +146,43 @@ class TraceEntry:
 
     @functools.cached_property
     def json_text(self) -> str:
-        """The line as JSON `[at_ms, what, detail]`, made once. A dispatch's whole trace is saved
-        after each of its steps; re-encoding every line each time was most of the cost of saving
-        it. A detail that is not JSON-native is diagnostic text (`default=str`)."""
-        line = [self.at_ms, self.what, dict(self.detail)]
-        return json.dumps(line, separators=(",", ":"), ensure_ascii=False, default=str)
+        """The line as compact JSON `[at_ms, what, detail]`, made once. A dispatch's whole trace
+        is saved after each of its steps; re-encoding every line each time was most of the cost
+        of saving it. A list value shared by many lines (a pool's candidate lines, which the
+        dispatcher reuses until a worker changes) is encoded once for all of them. A detail that
+        is not JSON-native is diagnostic text (`default=str`)."""
+        if not all(type(key) is str for key in self.detail):
+            return _encode([self.at_ms, self.what, dict(self.detail)])
+        fields = ",".join(
+            _encode(key) + ":" + (_SHARED.text(value) if type(value) is list else _encode(value))
+            for key, value in self.detail.items()
+        )
+        return f"[{_encode(self.at_ms)},{_encode(self.what)},{{{fields}}}]"
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
+class _SharedText:
+    """JSON of the last few list values seen, by identity (each kept alive while remembered, so
+    an id cannot be reused meanwhile). Lists in trace details are never changed once traced."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._by_id: dict[int, tuple[object, str]] = {}
+
+    def text(self, value: list[Any]) -> str:
+        hit = self._by_id.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        text = _encode(value)
+        if len(self._by_id) >= self._size:
+            del self._by_id[next(iter(self._by_id))]
+        self._by_id[id(value)] = (value, text)
+        return text
+
+
+_SHARED = _SharedText()
 
 
 @dataclass(frozen=True)

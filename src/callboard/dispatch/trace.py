@@ -54,8 +54,11 @@ def candidates(
     """Who matched the job; when nobody can take it, why not, and how the others missed.
 
     `lines` need only cover the first MAX_LISTED of the `matching` workers: the rest are counted.
+    A list of at most MAX_LISTED is kept as it is: the dispatcher shares one between the jobs
+    of a pool (never changed afterwards), and so does the store's encoding of it.
     """
-    detail: Detail = {"job": job_id, "workers": list(lines[:MAX_LISTED])}
+    shared = isinstance(lines, list) and len(lines) <= MAX_LISTED
+    detail: Detail = {"job": job_id, "workers": lines if shared else list(lines[:MAX_LISTED])}
     if matching > MAX_LISTED:
         detail["more"] = matching - MAX_LISTED
     if why:
