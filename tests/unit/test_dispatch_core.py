@@ -1787,3 +1787,14 @@ def test_trace_lines_sharing_a_list_encode_it_the_same() -> None:
     assert one.json_text.replace(one.detail["job"], "") == two.json_text.replace(
         two.detail["job"], ""
     ).replace(str(two.at_ms), str(one.at_ms))
+
+
+def test_a_moved_job_record_is_what_dataclasses_replace_makes() -> None:
+    rec = JobRecord("AJ_1", "AD_1", PROJECT, "", "room-1", "bot", 1, JobState.OFFERED, "AW_1",
+                    "", T0, T0)
+    moved = rec.moved(JobState.ASSIGNED, T0 + 5, participant_identity="agent-AJ_1")
+    assert moved == replace(rec, state=JobState.ASSIGNED, updated_at_ms=T0 + 5,
+                            participant_identity="agent-AJ_1")
+    assert rec.state is JobState.OFFERED  # the original is untouched
+    with pytest.raises(TypeError):
+        rec.moved(JobState.ASSIGNED, T0, no_such_field=1)

@@ -720,7 +720,7 @@ class Dispatcher:
         state = advance(job.rec.state, trigger)
         for slot in self._slots(job):
             slot.pop(job.job_id, None)
-        job.rec = dataclasses.replace(job.rec, state=state, updated_at_ms=now, **changes)
+        job.rec = job.rec.moved(state, now, **changes)
         for slot in self._slots(job):
             slot[job.job_id] = None
         self._timers.clear(job.job_id)

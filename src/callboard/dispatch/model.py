@@ -203,6 +203,11 @@ class JobRecord:
     job_type: JobType = JobType.ROOM  # a ROOM dispatch also gets PARTICIPANT jobs, one per joiner
     participant: ParticipantRef | None = None  # whom a PARTICIPANT job is for
 
+    def moved(self, state: JobState, at_ms: int, **changes: Any) -> JobRecord:
+        """The job in `state` since `at_ms`, with `changes`: `dataclasses.replace` without its
+        field introspection on every call (the dispatcher does this three times per dispatch)."""
+        return JobRecord(**{**self.__dict__, "state": state, "updated_at_ms": at_ms, **changes})
+
 
 @dataclass(frozen=True)
 class DispatchRecord:

@@ -48,7 +48,8 @@ def server_info(node_id: str) -> models.ServerInfo:
     )
 
 
-def job_message(offer: JobOffer) -> pb.Job:
+def job_message(offer: JobOffer, *, enable_recording: bool = False) -> pb.Job:
+    """`enable_recording`: set it even when the offer does not ask (a server-wide setting)."""
     job = pb.Job()
     _fill_job(
         job,
@@ -59,7 +60,7 @@ def job_message(offer: JobOffer) -> pb.Job:
         offer.namespace,
         offer.agent_name,
         offer.metadata,
-        offer.enable_recording,
+        offer.enable_recording or enable_recording,
         offer.participant,
     )
     return job

@@ -44,34 +44,45 @@ def _base57(value: int, width: int) -> str:
     return "".join(reversed(chars))
 
 
+_PAIRS: Final = tuple(a + b for a in BASE57 for b in BASE57)  # every 2-digit base57 string
+
+
 class _Clock:
     """Millisecond + counter, never repeating in this process (a clock stepping back just keeps
-    counting on the last millisecond)."""
+    counting on the last millisecond). Ids are minted several times per dispatch, so the clock
+    part is written once per millisecond."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rng = random.Random(os.urandom(32))
         self._ms = 0
         self._count = 0
+        self._stamp = _base57(0, TIME_CHARS)
 
-    def next(self) -> tuple[int, int]:
+    def next(self) -> str:
         now = time.time_ns() // 1_000_000 - EPOCH_MS
         with self._lock:
             if now > self._ms:
-                self._ms, self._count = now, self._rng.randrange(_COUNT_SPAN // 2)
+                self._start(now)
             else:
                 self._count += 1
                 if self._count >= _COUNT_SPAN:  # over 300 million ids in one ms: take the next
-                    self._ms, self._count = self._ms + 1, self._rng.randrange(_COUNT_SPAN // 2)
-            return self._ms, self._count
+                    self._start(self._ms + 1)
+            count = self._count
+            stamp = self._stamp
+        high, low = divmod(count, 57 * 57)
+        return stamp + _base57(high, COUNT_CHARS - 2) + _PAIRS[low]
+
+    def _start(self, ms: int) -> None:
+        self._ms, self._count = ms, self._rng.randrange(_COUNT_SPAN // 2)
+        self._stamp = _base57(ms, TIME_CHARS)
 
 
 _clock = _Clock()
 
 
 def new_id(prefix: str) -> str:
-    ms, count = _clock.next()
-    return prefix + _base57(ms, TIME_CHARS) + _base57(count, COUNT_CHARS)
+    return prefix + _clock.next()
 
 
 def new_secret(length: int = 43) -> str:

@@ -8,7 +8,6 @@ Everything runs on the event loop thread, so the core needs no locks.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 import time
@@ -166,9 +165,7 @@ class Hub:
 
     def _job_message(self, offer: JobOffer) -> pb.Job:
         """`enable_recording` per `Settings.enable_recording`: agents then upload their logs."""
-        if self.settings.enable_recording and not offer.enable_recording:
-            offer = dataclasses.replace(offer, enable_recording=True)
-        return convert.job_message(offer)
+        return convert.job_message(offer, enable_recording=self.settings.enable_recording)
 
     def _log_event(self, event: RecordEvent) -> None:
         """Server log line of an event-log entry.
