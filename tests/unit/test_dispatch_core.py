@@ -423,11 +423,11 @@ def test_dispatch_created_saves_records_and_offers() -> None:
     rig.register("AW_a")
     actions = rig.create("AD_1", agent="", room="lobby")
     assert [type(a) for a in actions] == [
+        SendAvailabilityRequest,  # frames first: the worker starts while records are handed on
         SaveDispatch,
         SaveJob,
         RecordEvent,
         RecordEvent,
-        SendAvailabilityRequest,
     ]
     assert kinds(actions) == ["dispatch.created", "job.offered"]
     request = one(actions, SendAvailabilityRequest)

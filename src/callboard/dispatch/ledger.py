@@ -117,7 +117,10 @@ class Timers:
 
 
 class Outbox:
-    """What one event caused; each record is saved once, in its final form for that event."""
+    """What one event caused; each record is saved once, in its final form for that event.
+
+    Frames to workers come first: the worker can start on its answer while the records are
+    handed to the store (which commits them in the background either way)."""
 
     def __init__(self) -> None:
         self._dispatches: dict[str, None] = {}
@@ -142,4 +145,4 @@ class Outbox:
     ) -> list[Action]:
         actions: list[Action] = [SaveDispatch(dispatches[d].record()) for d in self._dispatches]
         actions += [SaveJob(jobs[j].rec) for j in self._jobs]
-        return [*actions, *self._events, *self._sends]
+        return [*self._sends, *actions, *self._events]
