@@ -316,9 +316,10 @@ async def close_workers(workers: list[BenchWorker]) -> None:
 
 @dataclass(frozen=True)
 class Sample:
-    latency_s: float
+    latency_s: float  # POST sent -> assignment received by the worker
     dispatch_id: str
     job_id: str
+    ack_s: float = 0.0  # POST sent -> HTTP response read (callboard answers after its commit)
 
 
 def api_token() -> str:
@@ -351,12 +352,14 @@ class Caller:
             payload = await resp.read()
             if resp.status != 200:
                 raise BenchError(f"CreateDispatch -> HTTP {resp.status}: {payload[:300]!r}")
+        acked = time.perf_counter()
         try:
             got = await asyncio.wait_for(arrival, ASSIGNMENT_TIMEOUT_S)
         except TimeoutError:
             why = f"no assignment for room {room} within {ASSIGNMENT_TIMEOUT_S:g} s"
             raise BenchError(why) from None
-        return Sample(got.at_s - start, dpb.AgentDispatch.FromString(payload).id, got.job_id)
+        return Sample(got.at_s - start, dpb.AgentDispatch.FromString(payload).id, got.job_id,
+                      acked - start)
 
 
 @dataclass
@@ -390,12 +393,15 @@ class Latency:
     mean_ms: float
     max_ms: float
     other_cpu_pct: float = 0.0  # CPU used by processes other than the server and the bench
+    ack_p50_ms: float = 0.0  # POST sent -> response read: informational, no target
+    ack_p99_ms: float = 0.0
 
     @classmethod
     def of(cls, samples: list[Sample], other_cpu_pct: float = 0.0) -> Latency:
         ms = [s.latency_s * 1000 for s in samples]
+        acks = [s.ack_s * 1000 for s in samples]
         return cls(len(ms), percentile(ms, 50), percentile(ms, 99), statistics.fmean(ms), max(ms),
-                   other_cpu_pct)
+                   other_cpu_pct, percentile(acks, 50), percentile(acks, 99))
 
 
 @dataclass(frozen=True)
@@ -702,7 +708,9 @@ def _latency_rows(floor: TargetResult, board: TargetResult, v: dict[str, Verdict
     rows = [f"-- latency, 1 caller, sequential ({n} dispatches): POST sent -> assignment received"]
     for label, key, verdict in (("p50", "p50_ms", "dispatch p50 vs floor p50"),
                                 ("p99", "p99_ms", "dispatch p99 vs floor p99"),
-                                ("mean", "mean_ms", ""), ("max", "max_ms", "")):
+                                ("mean", "mean_ms", ""), ("max", "max_ms", ""),
+                                ("response p50 (POST -> reply)", "ack_p50_ms", ""),
+                                ("response p99 (POST -> reply)", "ack_p99_ms", "")):
         va = getattr(a, key) if a else None
         vb = getattr(b, key) if b else None
         check = v.get(verdict)
