@@ -140,6 +140,8 @@ async def test_set_attributes_is_seen_by_the_peer(
     await alice.room.local_participant.set_attributes({"mood": "curious", "lang": "en"})
     await eventually(lambda: bob.attributes and bob.attributes[-1][1].get("mood") == "curious")
     assert bob.attributes[-1] == ("alice", {"mood": "curious", "lang": "en"})
+    # Alice learns of her own change from the server's update, which may come after Bob's.
+    await eventually(lambda: alice.room.local_participant.attributes.get("lang") == "en")
     assert alice.room.local_participant.attributes == {"mood": "curious", "lang": "en"}
     view = server.rooms.get_participant(server.project_id, "room-1", "alice")
     assert view.attributes == {"mood": "curious", "lang": "en"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -575,7 +577,7 @@ CRASHING_WRITER = textwrap.dedent("""
                                        1, JobState.RUNNING, "AW_1", "", 1, 2))
             store.submit_event(RecordEvent(project.project_id, "job.running", i, "running"))
         await store.flush()
-        print("flushed", flush=True)
+        print("flushed", store._writer._child._proc.pid, flush=True)
         os._exit(0)  # no close(): as if the process were killed
 
     asyncio.run(main())
@@ -588,7 +590,10 @@ async def test_data_survives_a_kill_after_flush(db: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "flushed"
+    word, writer_pid = done.stdout.split()
+    assert word == "flushed"
+    # The writer process sees its stdin close and ends by itself.
+    await until(lambda: not Path(f"/proc/{writer_pid}").exists(), timeout_s=10)
 
     s = SqliteStore(str(db))
     await s.open()
@@ -602,6 +607,26 @@ async def test_data_survives_a_kill_after_flush(db: Path) -> None:
         assert len(events) == 500
     finally:
         await s.close()
+
+
+async def test_the_writer_process_outlives_signals_until_the_store_closes(db: Path) -> None:
+    s = SqliteStore(str(db))
+    await s.open()
+    writer = s._writer
+    assert writer is not None
+    proc = writer._child._proc
+    try:
+        os.kill(proc.pid, signal.SIGTERM)  # e.g. sent to the whole process group at shutdown
+        os.kill(proc.pid, signal.SIGINT)
+        await asyncio.sleep(0.2)
+        s.submit_event(event("after the signals"))
+        await s.flush()
+        assert [e.kind for e in s.query_events(EventQuery(project_id="P_a"))] == [
+            "after the signals"
+        ]
+    finally:
+        await s.close()
+    assert proc.poll() == 0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -38,8 +38,15 @@ _USAGE_ADD: Final = " ON CONFLICT (project_id, owner, day) DO UPDATE SET " + ", 
 class _Table:
     """One table's statements: many rows at once, and one row (used to find a bad row)."""
 
-    def __init__(self, table: str, columns: tuple[str, ...], tail: str = "") -> None:
+    def __init__(
+        self,
+        table: str,
+        columns: tuple[str, ...],
+        tail: str = "",
+        label: Callable[[codec.Values], str] = lambda row: f"row {row[0]}",
+    ) -> None:
         self._table, self._columns, self._tail = table, columns, tail
+        self.label = label
         self.one = codec.insert_sql(table, columns) + tail
         self._many: dict[int, str] = {}
 
@@ -58,29 +65,26 @@ class _Table:
             conn.execute(self._sql(size), [value for row in chunk for value in row])
             start += size
 
-    def one_by_one(
-        self, conn: sqlite3.Connection, rows: list[codec.Values], label: Callable[[int], str]
-    ) -> int:
-        """Each row under its own savepoint; return how many failed (each logged with its
-        `label(i)`, the rest kept)."""
-        failed = 0
-        for i, row in enumerate(rows):
+    def one_by_one(self, conn: sqlite3.Connection, rows: list[codec.Values]) -> list[str]:
+        """Each row under its own savepoint; what failed, as "<label> failed: <error>" (the rest
+        is kept)."""
+        failures = []
+        for row in rows:
             conn.execute("SAVEPOINT one_record")
             try:
                 conn.execute(self.one, row)
             except sqlite3.Error as exc:
                 conn.execute("ROLLBACK TO one_record")
-                log.error("store: writing %s failed: %r", label(i), exc)
-                failed += 1
+                failures.append(f"{self.label(row)} failed: {exc!r}")
             conn.execute("RELEASE one_record")
-        return failed
+        return failures
 
 
 class _RoomDeletes(_Table):
     """Rooms deleted (their rows are `(project_id, name)`): few, so one statement per row."""
 
     def __init__(self) -> None:
-        super().__init__("rooms", _ROOM_KEY)
+        super().__init__("rooms", _ROOM_KEY, label=lambda key: f"room {key[1]!r}")
         self.one = "DELETE FROM rooms WHERE project_id = ? AND name = ?"
 
     def write(self, conn: sqlite3.Connection, rows: list[codec.Values]) -> None:
@@ -101,15 +105,29 @@ def _chunks(rows: int) -> Iterator[int]:
 CHUNK_ROWS: Final = 256
 _ROOM_DELETES: Final = _RoomDeletes()
 _ROOMS: Final = _Table(
-    "rooms", codec.ROOM_COLUMNS, codec.on_conflict(codec.ROOM_COLUMNS, _ROOM_KEY)
+    "rooms", codec.ROOM_COLUMNS, codec.on_conflict(codec.ROOM_COLUMNS, _ROOM_KEY),
+    lambda row: f"room {row[1]!r}",
 )
 _DISPATCHES: Final = _Table(
     "dispatches", codec.DISPATCH_COLUMNS,
-    codec.on_conflict(codec.DISPATCH_COLUMNS, ("dispatch_id",)),
+    codec.on_conflict(codec.DISPATCH_COLUMNS, ("dispatch_id",)), lambda row: f"dispatch {row[0]}",
 )
-_JOBS: Final = _Table("jobs", codec.JOB_COLUMNS, codec.on_conflict(codec.JOB_COLUMNS, ("job_id",)))
-_EVENTS: Final = _Table("events", codec.EVENT_COLUMNS)
-_USAGE: Final = _Table("usage_daily", _USAGE_COLUMNS, _USAGE_ADD)
+_JOBS: Final = _Table(
+    "jobs", codec.JOB_COLUMNS, codec.on_conflict(codec.JOB_COLUMNS, ("job_id",)),
+    lambda row: f"job {row[0]}",
+)
+_EVENTS: Final = _Table(
+    "events", codec.EVENT_COLUMNS,
+    label=lambda row: f"event {row[1]} (project {row[0]}, job {row[7] or '-'})",
+)
+_USAGE: Final = _Table(
+    "usage_daily", _USAGE_COLUMNS, _USAGE_ADD,
+    lambda row: f"usage {row[0]}/{row[1] or '-'}/{row[2]}",
+)
+TABLES: Final[dict[str, _Table]] = {
+    "gone": _ROOM_DELETES, "rooms": _ROOMS, "dispatches": _DISPATCHES, "jobs": _JOBS,
+    "events": _EVENTS, "usage": _USAGE,
+}
 
 
 class RecordSlot:
@@ -135,7 +153,7 @@ class Records:
     """Rooms and dispatches by key (newest wins), jobs and events in submission order, usage
     added up per (project, owner, day)."""
 
-    __slots__ = ("_slot", "count", "dispatches", "events", "failed", "jobs", "rooms", "usage")
+    __slots__ = ("_slot", "count", "dispatches", "events", "jobs", "rooms", "usage")
 
     def __init__(self, slot: RecordSlot) -> None:
         self._slot = slot
@@ -145,7 +163,6 @@ class Records:
         self.events: list[RecordEvent] = []
         self.usage: dict[tuple[str, str, str], list[int]] = {}
         self.count = 0  # records submitted, coalesced ones included
-        self.failed = 0  # rows that could not be written (set by `write`)
 
     def add_usage(self, key: tuple[str, str, str], amounts: list[int]) -> None:
         total = self.usage.get(key)
@@ -168,42 +185,22 @@ class Records:
             self.add_usage(key, amounts)
         self.count += later.count
 
-    def write(self, conn: sqlite3.Connection) -> None:
-        """On the writer thread, inside its transaction: a few statements per table."""
+    def encode(self) -> list[tuple[str, list[codec.Values]]]:
+        """The rows to write, by table (`TABLES`), in the order they are written."""
         self.seal()
-        for table, rows, _ in self._tables():
-            table.write(conn, rows)
-
-    def write_carefully(self, conn: sqlite3.Connection) -> int:
-        """After `write` failed: row by row, so only a bad row is lost (logged). Returns how
-        many rows failed (also kept in `failed`)."""
-        self.seal()
-        tables = self._tables()
-        self.failed = sum(table.one_by_one(conn, rows, label) for table, rows, label in tables)
-        return self.failed
-
-    def _tables(self) -> Iterator[tuple[_Table, list[codec.Values], Callable[[int], str]]]:
+        out: list[tuple[str, list[codec.Values]]] = []
         gone = [key for key, room in self.rooms.items() if room is None]
         if gone:
-            yield _ROOM_DELETES, list(gone), lambda i: f"room {gone[i][1]!r}"
-        rooms = [room for room in self.rooms.values() if room is not None]
+            out.append(("gone", list(gone)))
+        rooms = [codec.room_row(room) for room in self.rooms.values() if room is not None]
         if rooms:
-            yield _ROOMS, [codec.room_row(r) for r in rooms], lambda i: f"room {rooms[i].name!r}"
+            out.append(("rooms", rooms))
         if self.dispatches:
-            ds = list(self.dispatches.values())
-            rows = [codec.dispatch_row(d) for d in ds]
-            yield _DISPATCHES, rows, lambda i: f"dispatch {ds[i].spec.dispatch_id}"
+            out.append(("dispatches", [codec.dispatch_row(d) for d in self.dispatches.values()]))
         if self.jobs:
-            jobs = self.jobs
-            yield _JOBS, [codec.job_row(j) for j in jobs], lambda i: f"job {jobs[i].job_id}"
+            out.append(("jobs", [codec.job_row(j) for j in self.jobs]))
         if self.events:
-            events = self.events
-            rows = [codec.event_row(e) for e in events]
-            yield _EVENTS, rows, lambda i: _event_label(events[i])
+            out.append(("events", [codec.event_row(e) for e in self.events]))
         if self.usage:
-            usage = [(*key, *amounts) for key, amounts in self.usage.items()]
-            yield _USAGE, usage, lambda i: f"usage {usage[i][0]}/{usage[i][1] or '-'}/{usage[i][2]}"
-
-
-def _event_label(event: RecordEvent) -> str:
-    return f"event {event.kind} (project {event.project_id}, job {event.job_id or '-'})"
+            out.append(("usage", [(*key, *amounts) for key, amounts in self.usage.items()]))
+        return out

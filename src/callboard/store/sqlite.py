@@ -1,18 +1,20 @@
-"""The default store: one SQLite file in WAL mode, one writer thread doing group commit.
+"""The default store: one SQLite file in WAL mode, one writer doing group commit.
 
 Theory of operation:
 
-- Writes. Every write becomes an `_Op` (a function of the writer's connection, a label naming
-  the record for logs, and, for `async` methods, an asyncio future) put on one FIFO queue. A
-  dedicated thread owns the only writing connection. It takes everything queued, and what
+- Writes. Every write becomes an `_Op` (a picklable function of the writer's connection, or the
+  submitted records of `pending`; a label naming the record for logs; and, for `async` methods,
+  an asyncio future) put on one FIFO queue. A dedicated thread takes everything queued, and what
   arrives within `commit_window_s` of the first op (up to `MAX_BATCH_OPS`; the server uses 1 ms,
-  so the commit runs after the burst of work that caused it instead of competing with it for
-  the GIL), applies it in one transaction, commits, runs the ops' after-commit hooks in
-  order, and only then resolves the batch's futures on their loops (`call_soon_threadsafe`). N
-  writes thus cost one commit, and an awaited write has been committed when it returns. If any
-  op of a batch raises, the transaction is rolled back and the batch is re-applied one op per
-  transaction, so only the bad op fails (its future gets the exception; a fire-and-forget
-  `submit_*` op is logged with its record id).
+  so the commit runs after the burst of work that caused it instead of competing with it),
+  encodes the batch and hands it to the writer process (`child`), which owns the only writing
+  connection and applies it in one transaction. SQLite thus never needs this process's GIL.
+  The thread then runs the ops' after-commit hooks in order, and only then resolves the batch's
+  futures on their loops (`call_soon_threadsafe`). N writes thus cost one commit, and an awaited
+  write has been committed when it returns. If any op of a batch raises, the transaction is
+  rolled back and the batch is re-applied one op per transaction (submitted records row by row),
+  so only the bad op or row fails (its future gets the exception; a fire-and-forget `submit_*`
+  is logged with its record id).
 - Durability. WAL with `synchronous=NORMAL`: a commit is written to the WAL file before the future
   resolves, so it survives the process being killed; the WAL is fsynced at checkpoints, so a power
   cut may lose the last commits (the usual SQLite trade-off; `synchronous=FULL` would fsync every
@@ -27,6 +29,8 @@ Theory of operation:
   `get_room` never reads the file, and a room is found the moment it is submitted.
 - Records (`pending`): rooms, dispatches, jobs, events and usage submitted back to back are
   written by one op, one statement per table.
+- The writer process ignores SIGINT/SIGTERM (the server drains and flushes first) and ends when
+  its stdin closes: at `close()`, or when the server dies, after the batch it was applying.
 """
 
 from __future__ import annotations
@@ -37,16 +41,18 @@ import logging
 import os
 import queue
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Final, TypeVar, cast
+from typing import Any, BinaryIO, Final, TypeVar, cast
 
 from callboard.dispatch.model import DispatchRecord, JobRecord, JobState, RecordEvent
 from callboard.protocol import ids
-from callboard.store import codec, schema
+from callboard.store import child, codec, schema
 from callboard.store.base import (
     USAGE_FIELDS,
     ApiKey,
@@ -122,7 +128,7 @@ def _connect(
     return conn
 
 
-def _connect_writer(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
+def connect_writer(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
     conn = _connect(path, busy_timeout_ms)
     try:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -173,6 +179,7 @@ class _Writer:
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
+        self._child: _Child
         # Daemon: a store nobody closed must not hang interpreter exit (close() is what flushes).
         self._thread = threading.Thread(
             target=self._run, name="callboard-store-writer", daemon=True
@@ -201,26 +208,25 @@ class _Writer:
 
     def _run(self) -> None:
         try:
-            conn = _connect_writer(self._path, self._busy_timeout_ms)
+            self._child = _start_child(self._path, self._busy_timeout_ms)
         except BaseException as exc:
             self._startup_error = exc
             self._ready.set()
             return
         self._ready.set()
         try:
-            self._serve(conn)
+            self._serve()
         finally:
-            conn.close()
+            self._child.close()
 
-    def _serve(self, conn: sqlite3.Connection) -> None:
+    def _serve(self) -> None:
         stopping = False
         while not stopping:
             batch, stopping = self._next_batch()
             try:
-                self._process(conn, batch)
+                self._process(batch)
             except Exception as exc:  # a bug here must not strand every later caller
                 log.exception("store writer failed on a batch of %d ops", len(batch))
-                _rollback(conn)
                 self._resolve([_Outcome(op, error=exc) for op in batch])
         self._fail_leftovers()
 
@@ -259,64 +265,44 @@ class _Writer:
                 leftovers.append(_Outcome(op, error=RuntimeError("store is closed")))
         self._resolve(leftovers)
 
-    def _process(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+    def _process(self, batch: list[_Op]) -> None:
         if not batch:
             return
         self.stats.batches += 1
         _merge_records(batch)
         work = [op for op in batch if op.apply is not None]
-        outcomes = {id(o.op): o for o in self._apply_batch(conn, work)} if work else {}
+        outcomes = {id(o.op): o for o in self._apply(work)} if work else {}
         ordered = [outcomes.get(id(op)) or _Outcome(op) for op in batch]
         self._after_commit(ordered)
         self._resolve(ordered)
 
-    def _apply_batch(self, conn: sqlite3.Connection, work: list[_Op]) -> list[_Outcome]:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            # Locked past busy_timeout by another process: no op's fault, and retrying them one by
-            # one would wait busy_timeout per op.
-            return [self._failed(op, exc) for op in work]
-        try:
-            values = [cast(Apply, op.apply)(conn) for op in work]
-            conn.execute("COMMIT")
-        except Exception as exc:
-            _rollback(conn)
-            if len(work) == 1 and work[0].records is None:
-                return [self._failed(work[0], exc)]
-            self.stats.retried_batches += 1
-            return [self._apply_one(conn, op) for op in work]
-        self.stats.commits += 1
-        self.stats.ops += sum(_op_count(op) for op in work)
-        self.stats.failed_ops += sum(op.records.failed for op in work if op.records is not None)
-        return [_Outcome(op, value) for op, value in zip(work, values, strict=True)]
-
-    def _apply_one(self, conn: sqlite3.Connection, op: _Op) -> _Outcome:
-        """Alone in its transaction; submitted records are then written row by row, so that
-        only a bad row is lost."""
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            if op.records is not None:
-                value = op.records.write_carefully(conn)
+    def _apply(self, work: list[_Op]) -> list[_Outcome]:
+        """One batch through the writer process (`child`): one transaction, or, if something
+        in it fails, each op alone and submitted records row by row."""
+        items = [
+            ("records", op.records.encode()) if op.records is not None else ("call", op.apply)
+            for op in work
+        ]
+        results, (commits, retried, failed) = self._child.apply(items)
+        self.stats.commits += commits
+        self.stats.retried_batches += retried
+        self.stats.failed_ops += failed
+        outcomes = []
+        for op, (value, error, failures) in zip(work, results, strict=True):
+            for failure in failures:
+                log.error("store: writing %s", failure)
+            if error is None:
+                self.stats.ops += _op_count(op)
+                outcomes.append(_Outcome(op, value))
+                continue
+            self.stats.ops += 1
+            if op.future is None:  # nobody awaits a submit: the log is the only trace
+                log.error("store: writing %s failed: %r", op.label, error)
             else:
-                value = cast(Apply, op.apply)(conn)
-            conn.execute("COMMIT")
-        except Exception as exc:
-            _rollback(conn)
-            return self._failed(op, exc)
-        self.stats.commits += 1
-        self.stats.ops += _op_count(op)
-        self.stats.failed_ops += op.records.failed if op.records is not None else 0
-        return _Outcome(op, value)
-
-    def _failed(self, op: _Op, exc: Exception) -> _Outcome:
-        self.stats.ops += 1
-        self.stats.failed_ops += 1
-        if op.future is None:  # nobody awaits a submit: the log is the only trace
-            log.error("store: writing %s failed: %r", op.label, exc)
-        else:
-            log.warning("store: writing %s failed: %r", op.label, exc)
-        return _Outcome(op, error=exc)
+                log.warning("store: writing %s failed: %r", op.label, error)
+            outcomes.append(_Outcome(op, error=error if isinstance(error, Exception) else
+                                     RuntimeError(repr(error))))
+        return outcomes
 
     @staticmethod
     def _after_commit(outcomes: list[_Outcome]) -> None:
@@ -342,6 +328,63 @@ class _Writer:
                 loop.call_soon_threadsafe(_settle, settled)
 
 
+def _written_by_child(conn: sqlite3.Connection) -> None:
+    """The `apply` of a records op: never called; the writer sends `Records.encode()` instead."""
+    raise AssertionError("records are encoded and written by the writer process")
+
+
+class _Child:
+    """The writer process (`callboard.store.child`), driven by the writer thread alone."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+        self._in = cast(BinaryIO, proc.stdin)
+        self._out = cast(BinaryIO, proc.stdout)
+
+    def request(self, message: object) -> Any:
+        try:
+            child.send(self._in, message)
+            reply = child.receive(self._out)
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"store writer process is gone ({exc})") from exc
+        if reply is None:
+            raise RuntimeError(f"store writer process exited (code {self._proc.poll()})")
+        return reply
+
+    def apply(self, items: list[child.Item]) -> tuple[list[child.Result], tuple[int, int, int]]:
+        _, results, stats = self.request(("batch", items))
+        return results, stats
+
+    def close(self) -> None:
+        """Its stdin closes: it finishes, closes the file and exits."""
+        with contextlib.suppress(OSError):
+            self._in.close()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        with contextlib.suppress(OSError):
+            self._out.close()
+
+
+def _start_child(path: str, busy_timeout_ms: int) -> _Child:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "callboard.store.child"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, start_new_session=True,
+    )
+    started = _Child(proc)
+    try:
+        reply = started.request(("open", path, busy_timeout_ms))
+    except BaseException:
+        started.close()
+        raise
+    if reply[0] == "error":
+        started.close()
+        raise reply[1]
+    return started
+
+
 def _op_count(op: _Op) -> int:
     return op.records.count if op.records is not None else 1
 
@@ -364,17 +407,6 @@ def _merge_records(batch: list[_Op]) -> None:
         head.records.absorb(op.records)
         # Now a barrier: its futures resolve with the batch, its rooms are the head's to report.
         op.apply, op.records, op.after_commit = None, None, None
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    """Never raises: it runs while handling another error, which is the one worth reporting."""
-    # SQLite rolls back by itself on some errors (SQLITE_FULL, …); ROLLBACK then would raise.
-    if not conn.in_transaction:
-        return
-    try:
-        conn.execute("ROLLBACK")
-    except sqlite3.Error:
-        log.exception("store: rollback failed")
 
 
 def _settle(outcomes: list[_Outcome]) -> None:
@@ -611,7 +643,7 @@ class SqliteStore(Store):
         records = self._slot.open
         if records is None:
             records = self._slot.open = Records(self._slot)
-            writer.put(_Op(records.write, "records", records=records))
+            writer.put(_Op(_written_by_child, "records", records=records))
         records.count += 1
         return records
 

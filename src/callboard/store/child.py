@@ -1,0 +1,168 @@
+"""The store writer's SQLite work, in a process of its own.
+
+Why a process: SQLite releases the GIL while it runs a statement but the calling thread must win
+the GIL back after each one, and the server's event loop holds it most of the time; a writer
+thread in the server's process spent most of its batches waiting for the GIL, and every
+acknowledgement waits for a batch. Here SQLite runs with no GIL to share. The store's writer
+thread (`sqlite._Writer`) still gathers batches and resolves futures; it sends each batch here
+(rows already encoded, explicit writes as picklable functions) and reads back the outcomes.
+
+Protocol, over the child's stdin/stdout: length-prefixed pickles. First ("open", path,
+busy_timeout_ms) -> ("ready",) or ("error", exc). Then ("batch", items) -> ("done", results,
+stats) for each batch, in order. EOF on stdin: close the file and exit (a server killed mid-batch
+loses only what it never acknowledged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import sqlite3
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from callboard.store import pending
+
+log = logging.getLogger("callboard.store.sqlite")
+
+_LENGTH = struct.Struct("!I")
+
+Item = tuple[str, Any]  # ("records", [(table, rows), ...]) or ("call", function of a connection)
+Result = tuple[Any, BaseException | None, list[str]]  # value, error, failed-row messages
+
+
+def send(stream: BinaryIO, message: object) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_LENGTH.pack(len(data)) + data)
+    stream.flush()
+
+
+def receive(stream: BinaryIO) -> Any:
+    """The next message, or None at EOF (a partial message counts as EOF)."""
+    head = stream.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None
+    (size,) = _LENGTH.unpack(head)
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)
+
+
+class Committer:
+    """Applies one batch in one transaction; if anything in it fails, each item alone (records
+    then row by row), so only what is bad is lost. Counts what it did for the store's stats."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.commits = 0
+        self.retried_batches = 0
+        self.failed_ops = 0
+
+    def apply(self, items: list[Item]) -> list[Result]:
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            # Locked past busy_timeout by another process: no item's fault, and retrying them one
+            # by one would wait busy_timeout per item.
+            self.failed_ops += len(items)
+            return [(None, exc, []) for _ in items]
+        try:
+            values = [self._run(kind, payload) for kind, payload in items]
+            conn.execute("COMMIT")
+        except Exception as exc:
+            rollback(conn)
+            if len(items) == 1 and items[0][0] == "call":
+                self.failed_ops += 1
+                return [(None, exc, [])]
+            self.retried_batches += 1
+            return [self._alone(kind, payload) for kind, payload in items]
+        self.commits += 1
+        return [(value, None, []) for value in values]
+
+    def _run(self, kind: str, payload: Any) -> Any:
+        if kind == "records":
+            for name, rows in payload:
+                pending.TABLES[name].write(self.conn, rows)
+            return None
+        function: Callable[[sqlite3.Connection], Any] = payload
+        return function(self.conn)
+
+    def _alone(self, kind: str, payload: Any) -> Result:
+        conn = self.conn
+        failures: list[str] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if kind == "records":
+                value = None
+                for name, rows in payload:
+                    failures += pending.TABLES[name].one_by_one(conn, rows)
+            else:
+                value = payload(conn)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            rollback(conn)
+            self.failed_ops += 1
+            return (None, exc, [])
+        self.commits += 1
+        self.failed_ops += len(failures)
+        return (value, None, failures)
+
+    def stats(self) -> tuple[int, int, int]:
+        counts = (self.commits, self.retried_batches, self.failed_ops)
+        self.commits = self.retried_batches = self.failed_ops = 0
+        return counts
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Never raises: it runs while handling another error, which is the one worth reporting."""
+    if not conn.in_transaction:  # SQLite rolls back by itself on some errors (SQLITE_FULL, …)
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        log.exception("store: rollback failed")
+
+
+def serve(incoming: BinaryIO, outgoing: BinaryIO) -> None:
+    from callboard.store.sqlite import connect_writer  # the parent's own module, for its setup
+
+    opening = receive(incoming)
+    if opening is None:
+        return
+    _, path, busy_timeout_ms = opening
+    try:
+        conn = connect_writer(path, busy_timeout_ms)
+    except BaseException as exc:  # reported to the parent, which raises it from open()
+        send(outgoing, ("error", exc))
+        return
+    send(outgoing, ("ready",))
+    committer = Committer(conn)
+    try:
+        while (message := receive(incoming)) is not None:
+            _, items = message
+            results = committer.apply(items)
+            send(outgoing, ("done", results, committer.stats()))
+    finally:
+        conn.close()
+
+
+def main() -> None:
+    # The parent decides when writing ends (EOF on stdin, after its last flush): a Ctrl-C or a
+    # SIGTERM sent to the whole process group must not stop the writer before the parent drains.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # stdout carries the protocol: nothing else may print to it.
+    outgoing = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    sys.stdout = sys.stderr
+    serve(sys.stdin.buffer, outgoing)
+
+
+if __name__ == "__main__":
+    main()
