@@ -104,8 +104,9 @@ async def test_follow_outlives_a_server_restart(
     server: ServerProcess, http: aiohttp.ClientSession
 ) -> None:
     following = asyncio.create_task(acb("logs", "--follow", "--poll-interval", "0.1",
-                                        "--max-seconds", "4", *creds(server)))
+                                        "--max-seconds", "8", *creds(server)))
     await dispatch(server, "ghost", "one")
+    await asyncio.sleep(1.0)  # the follower is in touch before the server goes (else: exit 1)
     await asyncio.to_thread(server.stop)
     await asyncio.sleep(0.5)  # the follower notices the server is gone (polls every 0.1 s)
     await asyncio.to_thread(server.start)
