@@ -183,9 +183,8 @@ def event_from_row(row: sqlite3.Row) -> StoredEvent:
 
 
 def rows_sql(table: str, columns: tuple[str, ...], rows: int, tail: str = "") -> str:
-    """One INSERT of `rows` rows (`tail`: an ON CONFLICT clause): the writer thread binds a whole
-    batch in one call and SQLite runs it in one step, without the GIL, instead of handing the
-    GIL back and forth with the event loop for every row."""
+    """One INSERT of `rows` rows (`tail`: an ON CONFLICT clause): a whole batch is bound in one
+    call and run in one step instead of one statement per row."""
     values = ", ".join(["(" + ", ".join("?" * len(columns)) + ")"] * rows)
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}{tail}"
 

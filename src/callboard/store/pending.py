@@ -14,7 +14,6 @@ Order with the other writes: the store closes the open `Records` whenever it que
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -23,8 +22,6 @@ from typing import Final
 from callboard.dispatch.model import DispatchRecord, JobRecord, RecordEvent
 from callboard.store import codec
 from callboard.store.base import USAGE_FIELDS, Room
-
-log = logging.getLogger("callboard.store.sqlite")
 
 RoomKey = tuple[str, str]
 
@@ -42,8 +39,8 @@ class _Table:
         self,
         table: str,
         columns: tuple[str, ...],
-        tail: str = "",
-        label: Callable[[codec.Values], str] = lambda row: f"row {row[0]}",
+        tail: str,
+        label: Callable[[codec.Values], str],
     ) -> None:
         self._table, self._columns, self._tail = table, columns, tail
         self.label = label
@@ -57,8 +54,8 @@ class _Table:
         return sql
 
     def write(self, conn: sqlite3.Connection, rows: list[codec.Values]) -> None:
-        """All rows in order, a few statements (any failure raises: the writer then retries the
-        records alone, `Records.write_carefully`)."""
+        """All rows in order, a few statements (any failure raises: the writer process then
+        retries the records alone, row by row: `one_by_one`)."""
         start = 0
         for size in _chunks(len(rows)):
             chunk = rows[start:start + size]
@@ -84,7 +81,7 @@ class _RoomDeletes(_Table):
     """Rooms deleted (their rows are `(project_id, name)`): few, so one statement per row."""
 
     def __init__(self) -> None:
-        super().__init__("rooms", _ROOM_KEY, label=lambda key: f"room {key[1]!r}")
+        super().__init__("rooms", _ROOM_KEY, "", lambda key: f"room {key[1]!r}")
         self.one = "DELETE FROM rooms WHERE project_id = ? AND name = ?"
 
     def write(self, conn: sqlite3.Connection, rows: list[codec.Values]) -> None:
@@ -117,8 +114,8 @@ _JOBS: Final = _Table(
     lambda row: f"job {row[0]}",
 )
 _EVENTS: Final = _Table(
-    "events", codec.EVENT_COLUMNS,
-    label=lambda row: f"event {row[1]} (project {row[0]}, job {row[7] or '-'})",
+    "events", codec.EVENT_COLUMNS, "",
+    lambda row: f"event {row[1]} (project {row[0]}, job {row[7] or '-'})",
 )
 _USAGE: Final = _Table(
     "usage_daily", _USAGE_COLUMNS, _USAGE_ADD,

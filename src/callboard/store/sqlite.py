@@ -96,7 +96,7 @@ class StoreStats:
 
 @dataclass(eq=False)
 class _Op:
-    apply: Apply | None  # None: a flush barrier, nothing to write
+    apply: Apply | None  # None (and no records): a flush barrier, nothing to write
     label: str  # names the record in logs: "job AJ_…"
     future: asyncio.Future[Any] | None = None
     loop: asyncio.AbstractEventLoop | None = None
@@ -170,7 +170,8 @@ class _Reader:
 
 
 class _Writer:
-    """Owns the writing connection; applies queued ops in batches, one commit per batch."""
+    """Gathers queued ops into batches for the writer process (one commit per batch) and
+    settles them with its outcomes."""
 
     def __init__(self, path: str, busy_timeout_ms: int, window_s: float = 0.0) -> None:
         self.window_s = window_s
@@ -270,7 +271,7 @@ class _Writer:
             return
         self.stats.batches += 1
         _merge_records(batch)
-        work = [op for op in batch if op.apply is not None]
+        work = [op for op in batch if op.apply is not None or op.records is not None]
         outcomes = {id(o.op): o for o in self._apply(work)} if work else {}
         ordered = [outcomes.get(id(op)) or _Outcome(op) for op in batch]
         self._after_commit(ordered)
@@ -326,11 +327,6 @@ class _Writer:
             # RuntimeError: the loop is closed, nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, settled)
-
-
-def _written_by_child(conn: sqlite3.Connection) -> None:
-    """The `apply` of a records op: never called; the writer sends `Records.encode()` instead."""
-    raise AssertionError("records are encoded and written by the writer process")
 
 
 class _Child:
@@ -405,8 +401,7 @@ def _merge_records(batch: list[_Op]) -> None:
             head = op
             continue
         head.records.absorb(op.records)
-        # Now a barrier: its futures resolve with the batch, its rooms are the head's to report.
-        op.apply, op.records, op.after_commit = None, None, None
+        op.records = None  # now a barrier: its futures resolve with the batch
 
 
 def _settle(outcomes: list[_Outcome]) -> None:
@@ -423,10 +418,6 @@ def _settle(outcomes: list[_Outcome]) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Write operations: run on the writer thread, inside its transaction.
-
-
-def _execute(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> None:
-    conn.execute(sql, params)
 
 
 def _insert_project(conn: sqlite3.Connection, project: Project) -> None:
@@ -643,7 +634,7 @@ class SqliteStore(Store):
         records = self._slot.open
         if records is None:
             records = self._slot.open = Records(self._slot)
-            writer.put(_Op(_written_by_child, "records", records=records))
+            writer.put(_Op(None, "records", records=records))
         records.count += 1
         return records
 
