@@ -427,13 +427,12 @@ class Dispatcher:
     def _candidate_lines(self, job: JobEntry, pool: dict[str, None]) -> list[dict[str, Any]]:
         """The trace's candidate lines; for a job nobody declined yet they are the same for every
         job of the pool until a worker changes, so they are made once (never mutated later)."""
-        if job.tried or not pool:
-            listed = itertools.islice(pool, trace.MAX_LISTED)
-            return [_candidate_line(self._workers[w], job) for w in listed]
-        lines = self._listings.get(job.key)
-        if lines is None:
-            listed = itertools.islice(pool, trace.MAX_LISTED)
-            lines = [_candidate_line(self._workers[w], job) for w in listed]
+        shareable = not job.tried and bool(pool)
+        if shareable and (lines := self._listings.get(job.key)) is not None:
+            return lines
+        listed = itertools.islice(pool, trace.MAX_LISTED)
+        lines = [_candidate_line(self._workers[w], job) for w in listed]
+        if shareable:
             self._listings[job.key] = lines
         return lines
 
