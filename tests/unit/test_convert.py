@@ -120,7 +120,7 @@ def test_a_pending_job_has_not_started_and_a_running_one_has_not_ended() -> None
 
 
 def test_agent_dispatch_carries_the_spec_and_its_jobs() -> None:
-    record = DispatchRecord(spec=spec(), deleted=False, trace=(),
+    record = DispatchRecord(spec=spec(), deleted=False, trace_lines=(),
                             job_ids=("AJ_job000000001", "AJ_job000000002"))
     jobs = [job(JobState.FAILED, error="gone"),
             job(JobState.RUNNING, job_id="AJ_job000000002", attempt=2,
@@ -141,7 +141,7 @@ def test_agent_dispatch_carries_the_spec_and_its_jobs() -> None:
 
 
 def test_a_dispatch_with_no_jobs_yet() -> None:
-    record = DispatchRecord(spec=spec(agent_name="", metadata=""), deleted=False, trace=(),
+    record = DispatchRecord(spec=spec(agent_name="", metadata=""), deleted=False, trace_lines=(),
                             job_ids=())
     msg = convert.agent_dispatch(record, [])
     assert msg.agent_name == "" and len(msg.state.jobs) == 0
@@ -159,7 +159,7 @@ def test_messages_built_in_place_keep_empty_parts_present() -> None:
     assert msg.SerializeToString() == pb.Job(
         type="JT_ROOM", room=models.Room(), state=pb.JobState()
     ).SerializeToString()
-    record = DispatchRecord(spec=spec(created_at_ms=0), deleted=False, trace=(), job_ids=())
+    record = DispatchRecord(spec=spec(created_at_ms=0), deleted=False, trace_lines=(), job_ids=())
     assert convert.agent_dispatch(record, []).HasField("state")
     assert convert.job_message(offer(room=bare_room)).HasField("room")
 
@@ -171,7 +171,7 @@ CALLER = ParticipantRef(
 
 
 def test_each_job_keeps_its_own_type_and_participant() -> None:
-    record = DispatchRecord(spec=spec(), deleted=False, trace=(),
+    record = DispatchRecord(spec=spec(), deleted=False, trace_lines=(),
                             job_ids=("AJ_job000000001", "AJ_job000000002"))
     jobs = [job(JobState.RUNNING),
             job(JobState.ASSIGNED, job_id="AJ_job000000002", job_type=JobType.PARTICIPANT,

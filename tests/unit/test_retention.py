@@ -46,7 +46,7 @@ def dispatch(dispatch_id: str, deleted: bool, at_ms: int) -> DispatchRecord:
     spec = DispatchSpec(dispatch_id=dispatch_id, project_id="P_a", owner="", api_key="k",
                         agent_name="a", room=RoomRef("P_a", "r", "RM_1"), metadata="",
                         namespace="", job_type=JobType.ROOM, source="api", created_at_ms=at_ms)
-    return DispatchRecord(spec=spec, deleted=deleted, trace=(), job_ids=())
+    return DispatchRecord(spec=spec, deleted=deleted, trace_lines=(), job_ids=())
 
 
 def test_cutoffs_follow_the_settings_and_zero_keeps_forever() -> None:

@@ -25,7 +25,7 @@ from callboard.dispatch.model import (
     JobType,
     RecordEvent,
     RoomRef,
-    TraceEntry,
+    trace_line,
 )
 from callboard.store import schema
 from callboard.store.base import EventQuery, Room
@@ -60,10 +60,10 @@ def dispatch(
         namespace="ns", job_type=JobType.PUBLISHER, source="api", created_at_ms=500,
     )
     trace = (
-        TraceEntry(500, "created", {"by": "APIalice"}),
-        TraceEntry(510, "candidates", {"workers": ["AW_1", "AW_2"], "count": 2}),
+        trace_line(500, "created", {"by": "APIalice"}),
+        trace_line(510, "candidates", {"workers": ["AW_1", "AW_2"], "count": 2}),
     )
-    return DispatchRecord(spec=spec, deleted=deleted, trace=trace, job_ids=("AJ_1", "AJ_2"))
+    return DispatchRecord(spec=spec, deleted=deleted, trace_lines=trace, job_ids=("AJ_1", "AJ_2"))
 
 
 def event(
@@ -685,8 +685,8 @@ async def test_a_dispatch_saved_many_times_is_written_once_as_its_newest(
         await until(lambda: store.stats.batches == batches + 1)  # the writer waits on the lock
         base = dispatch("AD_1")
         for n in range(3):
-            grown = (*base.trace, TraceEntry(600 + n, f"step {n}", {"n": n}))
-            store.submit_dispatch(dataclasses.replace(base, trace=grown))
+            grown = (*base.trace_lines, trace_line(600 + n, f"step {n}", {"n": n}))
+            store.submit_dispatch(dataclasses.replace(base, trace_lines=grown))
         ops = store.stats.ops
     finally:
         blocker.execute("ROLLBACK")

@@ -59,13 +59,13 @@ from callboard.dispatch.model import (
     SendAvailabilityRequest,
     SendTermination,
     Tick,
-    TraceEntry,
     WorkerGone,
     WorkerInfo,
     WorkerRegistered,
     WorkerStatus,
     WorkerStatusChanged,
     WorkerView,
+    trace_line,
 )
 from callboard.dispatch.selection import Draw
 from callboard.dispatch.states import InvalidTransition, Trigger, advance, report_trigger
@@ -684,7 +684,7 @@ class Dispatcher:
 
     def _restore_dispatch(self, record: DispatchRecord) -> None:
         spec = record.spec
-        entry = DispatchEntry(spec, record.deleted, list(record.trace), list(record.job_ids))
+        entry = DispatchEntry(spec, record.deleted, list(record.trace_lines), list(record.job_ids))
         self._dispatches[spec.dispatch_id] = entry
         if not record.deleted:
             self._live.setdefault(spec.project_id, {})[spec.dispatch_id] = None
@@ -756,7 +756,7 @@ class Dispatcher:
     def _trace_dispatch(
         self, dispatch: DispatchEntry, now: int, what: str, detail: dict[str, Any]
     ) -> None:
-        dispatch.trace.append(TraceEntry(now, what, detail))
+        dispatch.trace.append(trace_line(now, what, detail))
         self._out.touch_dispatch(dispatch.dispatch_id)
 
     def _job_event(

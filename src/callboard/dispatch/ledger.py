@@ -24,7 +24,6 @@ from callboard.dispatch.model import (
     RecordEvent,
     SaveDispatch,
     SaveJob,
-    TraceEntry,
     WorkerInfo,
     WorkerStatus,
     WorkerView,
@@ -69,7 +68,7 @@ class JobEntry:
 class DispatchEntry:
     spec: DispatchSpec
     deleted: bool = False
-    trace: list[TraceEntry] = field(default_factory=list)
+    trace: list[str] = field(default_factory=list)  # `model.trace_line`s
     job_ids: list[str] = field(default_factory=list)
 
     @property

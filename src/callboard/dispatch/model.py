@@ -9,7 +9,6 @@ each event; nothing here reads a clock.
 from __future__ import annotations
 
 import enum
-import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -136,7 +135,11 @@ class DispatchSpec:
 
 @dataclass(frozen=True)
 class TraceEntry:
-    """One line of a dispatch's explain trace: what happened, when, and why."""
+    """One line of a dispatch's explain trace, decoded: what happened, when, and why.
+
+    Live dispatches keep their trace as JSON text (`trace_line`), not as these: a line is encoded
+    once when it is traced and then only copied, and text is invisible to the garbage collector,
+    which otherwise walks every line of every live dispatch on each full collection."""
 
     at_ms: int
     what: (
@@ -144,20 +147,27 @@ class TraceEntry:
     )
     detail: Mapping[str, Any] = field(default_factory=dict)
 
-    @functools.cached_property
+    @classmethod
+    def parse(cls, line: str) -> TraceEntry:
+        at_ms, what, detail = json.loads(line)
+        return cls(at_ms, what, detail)
+
+    @property
     def json_text(self) -> str:
-        """The line as compact JSON `[at_ms, what, detail]`, made once. A dispatch's whole trace
-        is saved after each of its steps; re-encoding every line each time was most of the cost
-        of saving it. A list value shared by many lines (a pool's candidate lines, which the
-        dispatcher reuses until a worker changes) is encoded once for all of them. A detail that
-        is not JSON-native is diagnostic text (`default=str`)."""
-        if not all(type(key) is str for key in self.detail):
-            return _encode([self.at_ms, self.what, dict(self.detail)])
-        fields = ",".join(
-            _encode(key) + ":" + (_SHARED.text(value) if type(value) is list else _encode(value))
-            for key, value in self.detail.items()
-        )
-        return f"[{_encode(self.at_ms)},{_encode(self.what)},{{{fields}}}]"
+        return trace_line(self.at_ms, self.what, self.detail)
+
+
+def trace_line(at_ms: int, what: str, detail: Mapping[str, Any]) -> str:
+    """A trace line as compact JSON `[at_ms, what, detail]`. A list value shared by many lines (a
+    pool's candidate lines, which the dispatcher reuses until a worker changes) is encoded once
+    for all of them. A detail that is not JSON-native is diagnostic text (`default=str`)."""
+    if not all(type(key) is str for key in detail):
+        return _encode([at_ms, what, dict(detail)])
+    fields = ",".join(
+        _encode(key) + ":" + (_SHARED.text(value) if type(value) is list else _encode(value))
+        for key, value in detail.items()
+    )
+    return f"[{_encode(at_ms)},{_encode(what)},{{{fields}}}]"
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
@@ -213,8 +223,13 @@ class JobRecord:
 class DispatchRecord:
     spec: DispatchSpec
     deleted: bool
-    trace: tuple[TraceEntry, ...]
+    trace_lines: tuple[str, ...]  # the explain trace, one `trace_line` per step
     job_ids: tuple[str, ...]
+
+    @property
+    def trace(self) -> tuple[TraceEntry, ...]:
+        """The trace decoded, for readers (the explain API, tests); the store keeps the text."""
+        return tuple(TraceEntry.parse(line) for line in self.trace_lines)
 
 
 # -------------------------------------------------------------------------------------------------

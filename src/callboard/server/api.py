@@ -67,7 +67,7 @@ def dispatch_json(record: DispatchRecord, jobs: list[JobRecord]) -> dict[str, An
         "deleted": record.deleted,
         "jobs": [job_json(j) for j in jobs],
         "trace": [
-            {"at_ms": t.at_ms, "what": t.what, "detail": dict(t.detail)} for t in record.trace
+            {"at_ms": t.at_ms, "what": t.what, "detail": t.detail} for t in record.trace
         ],
     }
 

@@ -20,7 +20,7 @@ from callboard.dispatch.model import (
     ParticipantRef,
     RecordEvent,
     RoomRef,
-    TraceEntry,
+    trace_line,
 )
 from callboard.store.base import ApiKey, Project, Room, StoredEvent, Webhook
 
@@ -92,7 +92,7 @@ def room_from_row(row: sqlite3.Row) -> Room:
 
 def dispatch_row(record: DispatchRecord) -> Values:
     spec = record.spec
-    trace = "[" + ",".join(entry.json_text for entry in record.trace) + "]"  # JSON text already
+    trace = "[" + ",".join(record.trace_lines) + "]"
     return (
         spec.dispatch_id, spec.project_id, spec.room.name, spec.room.sid, spec.agent_name,
         spec.owner, spec.api_key, spec.namespace, int(spec.job_type), spec.metadata, spec.source,
@@ -109,11 +109,11 @@ def dispatch_from_row(row: sqlite3.Row) -> DispatchRecord:
         source=row["source"], created_at_ms=row["created_at_ms"],
     )
     trace = tuple(
-        TraceEntry(at_ms=at_ms, what=what, detail=detail)
-        for at_ms, what, detail in json.loads(row["trace"])
+        trace_line(at_ms, what, detail) for at_ms, what, detail in json.loads(row["trace"])
     )
     job_ids = tuple(str(job_id) for job_id in json.loads(row["job_ids"]))
-    return DispatchRecord(spec=spec, deleted=bool(row["deleted"]), trace=trace, job_ids=job_ids)
+    return DispatchRecord(spec=spec, deleted=bool(row["deleted"]), trace_lines=trace,
+                          job_ids=job_ids)
 
 
 def job_row(job: JobRecord) -> Values:
