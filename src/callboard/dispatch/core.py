@@ -110,6 +110,7 @@ class Dispatcher:
         self._draws: dict[PoolKey, Draw] = {}  # built on demand; dropped when a pool changes
         self._listings: dict[PoolKey, list[dict[str, Any]]] = {}  # candidate lines, likewise
         self._pending: dict[PoolKey, dict[str, None]] = {}  # queued job ids, by key
+        self._keys: dict[PoolKey, PoolKey] = {}  # each pool key once (a handful per project)
         self._dispatches: dict[str, DispatchEntry] = {}
         self._live: dict[str, dict[str, None]] = {}  # project -> ids of dispatches not deleted
         self._jobs: dict[str, JobEntry] = {}
@@ -250,8 +251,8 @@ class Dispatcher:
         """Offer the worker's queued jobs, oldest first; `forgive` forgets its earlier declines."""
         queued = [self._jobs[j] for j in self._pending.get(worker.key, {})]
         for job in sorted(queued, key=lambda j: j.seq):
-            if forgive:
-                job.tried.discard(worker.worker_id)
+            if forgive and worker.worker_id in job.tried:
+                job.tried = job.tried - {worker.worker_id}
             if job.rec.state is JobState.PENDING:
                 self._try_offer(job, now)
 
@@ -333,12 +334,13 @@ class Dispatcher:
             participant=participant,
         )
         job = self._adopt_record(rec, _job_key(spec, job_type))
-        dispatch.job_ids.append(job.job_id)
+        dispatch.job_ids += (job.job_id,)
         self._out.touch_job(job.job_id)
         return job
 
     def _adopt_record(self, rec: JobRecord, key: PoolKey) -> JobEntry:
-        job = JobEntry(rec, key, next(self._seq))
+        # Jobs of one pool share its key object: live jobs hold no key of their own.
+        job = JobEntry(rec, self._keys.setdefault(key, key), next(self._seq))
         self._jobs[rec.job_id] = job
         for slot in self._slots(job):
             slot[job.job_id] = None
@@ -564,7 +566,7 @@ class Dispatcher:
         self._trace(job, now, what, detail)
         message = f"worker {worker_id} {_DECLINES[what]}" + (f": {reason}" if reason else "")
         self._job_event("job.declined", job, message, now)
-        job.tried.add(worker_id)
+        job.tried = job.tried | {worker_id}
         self._move(job, Trigger.DECLINE, now, worker_id="")
         self._try_offer(job, now)
 
@@ -684,7 +686,7 @@ class Dispatcher:
 
     def _restore_dispatch(self, record: DispatchRecord) -> None:
         spec = record.spec
-        entry = DispatchEntry(spec, record.deleted, list(record.trace_lines), list(record.job_ids))
+        entry = DispatchEntry(spec, record.deleted, record.trace_lines, record.job_ids)
         self._dispatches[spec.dispatch_id] = entry
         if not record.deleted:
             self._live.setdefault(spec.project_id, {})[spec.dispatch_id] = None
@@ -692,7 +694,7 @@ class Dispatcher:
     def _restore_job(self, dispatch: DispatchEntry, rec: JobRecord, now: int) -> None:
         job = self._adopt_record(rec, _job_key(dispatch.spec, rec.job_type))
         if job.job_id not in dispatch.job_ids:
-            dispatch.job_ids.append(job.job_id)
+            dispatch.job_ids += (job.job_id,)
         if rec.state.is_terminal:
             return
         if dispatch.deleted:
@@ -756,7 +758,7 @@ class Dispatcher:
     def _trace_dispatch(
         self, dispatch: DispatchEntry, now: int, what: str, detail: dict[str, Any]
     ) -> None:
-        dispatch.trace.append(trace_line(now, what, detail))
+        dispatch.trace += (trace_line(now, what, detail),)
         self._out.touch_dispatch(dispatch.dispatch_id)
 
     def _job_event(

@@ -56,7 +56,9 @@ class JobEntry:
     rec: JobRecord
     key: PoolKey
     seq: int  # creation order: the pending queue serves the oldest first
-    tried: set[str] = field(default_factory=set)  # workers that declined this attempt
+    # Workers that declined this attempt. Replaced, never changed in place: nearly every job
+    # keeps the shared empty set, one object fewer per live job for the GC to walk.
+    tried: frozenset[str] = frozenset()
     waiting_why: str = ""  # the last reason it was queued, quoted when it expires
 
     @property
@@ -68,15 +70,17 @@ class JobEntry:
 class DispatchEntry:
     spec: DispatchSpec
     deleted: bool = False
-    trace: list[str] = field(default_factory=list)  # `model.trace_line`s
-    job_ids: list[str] = field(default_factory=list)
+    # Tuples of strings, replaced on each step: the GC stops tracking those, and there is one
+    # of each per live dispatch. A dispatch has a handful of lines and jobs, so copying is cheap.
+    trace: tuple[str, ...] = ()  # `model.trace_line`s
+    job_ids: tuple[str, ...] = ()
 
     @property
     def dispatch_id(self) -> str:
         return self.spec.dispatch_id
 
     def record(self) -> DispatchRecord:
-        return DispatchRecord(self.spec, self.deleted, tuple(self.trace), tuple(self.job_ids))
+        return DispatchRecord(self.spec, self.deleted, self.trace, self.job_ids)
 
 
 class Timers:
