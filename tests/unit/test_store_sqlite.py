@@ -629,6 +629,21 @@ async def test_the_writer_process_outlives_signals_until_the_store_closes(db: Pa
     assert proc.poll() == 0
 
 
+async def test_the_wal_is_copied_back_while_the_store_is_open(store: SqliteStore,
+                                                               db: Path) -> None:
+    """The writer leaves checkpoints to its own thread (it would only start one itself at 16,000
+    pages, SQLite's default being 1,000): the database file grows soon after a few commits."""
+    before = db.stat().st_size
+    for n in range(2):
+        for k in range(100):
+            store.submit_event(event(f"burst {n} " + "x" * 500, room_name=f"room-{k}"))
+        await store.flush()
+    wal = Path(f"{db}-wal").stat().st_size
+    assert wal < 1_000 * 4096  # not yet at any automatic checkpoint
+    await until(lambda: db.stat().st_size > before + 100_000, timeout_s=5)
+    assert len(store.query_events(EventQuery(project_id="P_a", limit=1_000))) == 200
+
+
 # --------------------------------------------------------------------------------------------------
 # Submitted records: written together, rooms visible before their commit
 

@@ -18,7 +18,8 @@ Theory of operation:
 - Durability. WAL with `synchronous=NORMAL`: a commit is written to the WAL file before the future
   resolves, so it survives the process being killed; the WAL is fsynced at checkpoints, so a power
   cut may lose the last commits (the usual SQLite trade-off; `synchronous=FULL` would fsync every
-  batch).
+  batch). Checkpoints run beside the commits, on a thread of the writer process
+  (`child.Checkpointer`), not inside them.
 - Reads. A second connection, shared by threads under a lock, queries synchronously in the caller's
   thread: reads are small, indexed and paged, and a WAL reader never waits for the writer.
 - API keys. `get_key` runs on every request, so non-revoked keys live in memory, loaded at open and
@@ -115,7 +116,7 @@ class _Outcome:
 # Connections
 
 
-def _connect(
+def connect(
     path: str, busy_timeout_ms: int, *, check_same_thread: bool = True
 ) -> sqlite3.Connection:
     """Autocommit mode (isolation_level=None): transactions are explicit, BEGIN … COMMIT."""
@@ -129,7 +130,7 @@ def _connect(
 
 
 def connect_writer(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
-    conn = _connect(path, busy_timeout_ms)
+    conn = connect(path, busy_timeout_ms)
     try:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -147,7 +148,7 @@ class _Reader:
     """The read connection: any thread may use it, one at a time."""
 
     def __init__(self, path: str, busy_timeout_ms: int) -> None:
-        self._conn = _connect(path, busy_timeout_ms, check_same_thread=False)
+        self._conn = connect(path, busy_timeout_ms, check_same_thread=False)
         self._conn.execute("PRAGMA query_only = ON")
         self._lock = threading.Lock()
 
