@@ -577,7 +577,7 @@ CRASHING_WRITER = textwrap.dedent("""
                                        1, JobState.RUNNING, "AW_1", "", 1, 2))
             store.submit_event(RecordEvent(project.project_id, "job.running", i, "running"))
         await store.flush()
-        print("flushed", store._writer._child._proc.pid, flush=True)
+        print("flushed", store._writer._proc.pid, flush=True)
         os._exit(0)  # no close(): as if the process were killed
 
     asyncio.run(main())
@@ -614,7 +614,7 @@ async def test_the_writer_process_outlives_signals_until_the_store_closes(db: Pa
     await s.open()
     writer = s._writer
     assert writer is not None
-    proc = writer._child._proc
+    proc = writer._proc
     try:
         os.kill(proc.pid, signal.SIGTERM)  # e.g. sent to the whole process group at shutdown
         os.kill(proc.pid, signal.SIGINT)
@@ -627,6 +627,24 @@ async def test_the_writer_process_outlives_signals_until_the_store_closes(db: Pa
     finally:
         await s.close()
     assert proc.poll() == 0
+
+
+async def test_a_lost_writer_process_fails_writes_instead_of_hanging_them(db: Path) -> None:
+    s = SqliteStore(str(db))
+    await s.open()
+    writer = s._writer
+    assert writer is not None
+    try:
+        s.submit_event(event("before"))
+        await s.flush()
+        os.kill(writer._proc.pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="store writer process exited"):
+            await asyncio.wait_for(s.create_project("after"), timeout=10)
+        with pytest.raises(RuntimeError, match="store writer process exited"):
+            await asyncio.wait_for(s.flush(), timeout=10)  # and so does every later write
+    finally:
+        await asyncio.wait_for(s.close(), timeout=10)
+    assert file_rows(db, "SELECT kind FROM events") == [("before",)]
 
 
 async def test_the_wal_is_copied_back_while_the_store_is_open(store: SqliteStore,

@@ -4,8 +4,9 @@ Why a process: SQLite releases the GIL while it runs a statement but the calling
 the GIL back after each one, and the server's event loop holds it most of the time; a writer
 thread in the server's process spent most of its batches waiting for the GIL, and every
 acknowledgement waits for a batch. Here SQLite runs with no GIL to share. The store's writer
-thread (`sqlite._Writer`) still gathers batches and resolves futures; it sends each batch here
-(rows already encoded, explicit writes as picklable functions) and reads back the outcomes.
+(`sqlite._Writer`, on the server's event loop) gathers batches and resolves futures; it sends
+each batch here (rows already encoded, explicit writes as picklable functions) and reads back
+the outcomes.
 
 Checkpoints run here too, on a thread and a connection of their own (`Checkpointer`): copying the
 WAL back into the database file and fsyncing it was a fifth of the writer's time when SQLite did
@@ -45,10 +46,36 @@ Item = tuple[str, Any]  # ("records", [(table, rows), ...]) or ("call", function
 Result = tuple[Any, BaseException | None, list[str]]  # value, error, failed-row messages
 
 
-def send(stream: BinaryIO, message: object) -> None:
+def frame(message: object) -> bytes:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_LENGTH.pack(len(data)) + data)
+    return _LENGTH.pack(len(data)) + data
+
+
+def send(stream: BinaryIO, message: object) -> None:
+    stream.write(frame(message))
     stream.flush()
+
+
+class Frames:
+    """Messages out of a byte stream that arrives in arbitrary pieces (the parent's side)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        buffer = self._buffer
+        buffer += data
+        messages = []
+        start = 0
+        while len(buffer) - start >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(buffer, start)
+            end = start + _LENGTH.size + size
+            if len(buffer) < end:
+                break
+            messages.append(pickle.loads(buffer[start + _LENGTH.size:end]))
+            start = end
+        del buffer[:start]
+        return messages
 
 
 def receive(stream: BinaryIO) -> Any:

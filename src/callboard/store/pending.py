@@ -1,8 +1,8 @@
 """Records the event loop submitted back to back, written by the store's writer in one go.
 
 Why this exists: a dispatch produces about ten small records (room, dispatch versions, job states,
-event-log lines) within a few milliseconds. Written one statement each, the writer thread takes the
-GIL back from the event loop for every row, and re-encodes a dispatch's whole explain trace each
+event-log lines) within a few milliseconds. Written one statement each, the writer pays SQLite's
+per-statement overhead for every row, and re-encodes a dispatch's whole explain trace each
 time it is saved. Gathered here instead, each table gets one multi-row statement per batch (a few,
 for a big one: `codec.rows_sql`), bound in one call and run by SQLite in one step, and a dispatch
 saved several times before the writer got to it is written once, as its newest version. Jobs keep
@@ -128,8 +128,8 @@ TABLES: Final[dict[str, _Table]] = {
 
 
 class RecordSlot:
-    """The open `Records` that submissions add to, if any. Submissions (event loop) and the
-    writer (its thread) both hold `lock` while they look at it."""
+    """The open `Records` that submissions add to, if any. Submissions and the writer hold `lock`
+    while they look at it (the writer runs on the store's loop; a submission may not)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()

@@ -4,13 +4,14 @@ Theory of operation:
 
 - Writes. Every write becomes an `_Op` (a picklable function of the writer's connection, or the
   submitted records of `pending`; a label naming the record for logs; and, for `async` methods,
-  an asyncio future) put on one FIFO queue. A dedicated thread takes everything queued, and what
-  arrives within `commit_window_s` of the first op (up to `MAX_BATCH_OPS`; the server uses 1 ms,
-  so the commit runs after the burst of work that caused it instead of competing with it),
-  encodes the batch and hands it to the writer process (`child`), which owns the only writing
-  connection and applies it in one transaction. SQLite thus never needs this process's GIL.
-  The thread then runs the ops' after-commit hooks in order, and only then resolves the batch's
-  futures on their loops (`call_soon_threadsafe`). N writes thus cost one commit, and an awaited
+  an asyncio future) put on one FIFO queue. The writer (`_Writer`, on the store's event loop)
+  sends what is queued as one batch to the writer process (`child`), which owns the only
+  writing connection and applies it in one transaction; SQLite thus never needs this process's
+  GIL. One batch is in flight at a time: what is queued meanwhile is the next batch, sent when
+  the reply arrives. An op queued while nothing is in flight waits `commit_window_s` (up to
+  `MAX_BATCH_OPS`; the server uses 1 ms, so the commit runs after the burst of work that caused
+  it instead of competing with it). On the reply, the ops' after-commit hooks run in order, and
+  only then are the batch's futures resolved. N writes thus cost one commit, and an awaited
   write has been committed when it returns. If any op of a batch raises, the transaction is
   rolled back and the batch is re-applied one op per transaction (submitted records row by row),
   so only the bad op or row fails (its future gets the exception; a fire-and-forget `submit_*`
@@ -37,10 +38,10 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
-import queue
 import sqlite3
 import subprocess
 import sys
@@ -100,8 +101,7 @@ class _Op:
     apply: Apply | None  # None (and no records): a flush barrier, nothing to write
     label: str  # names the record in logs: "job AJ_…"
     future: asyncio.Future[Any] | None = None
-    loop: asyncio.AbstractEventLoop | None = None
-    after_commit: Callable[[Any], None] | None = None  # on the writer thread, in queue order
+    after_commit: Callable[[Any], None] | None = None  # after its commit, in queue order
     records: Records | None = None  # set on the op that writes submitted records
 
 
@@ -167,130 +167,119 @@ class _Reader:
 
 
 # --------------------------------------------------------------------------------------------------
-# The writer thread
+# The writer
 
 
 class _Writer:
-    """Gathers queued ops into batches for the writer process (one commit per batch) and
-    settles them with its outcomes."""
+    """Feeds the writer process (`child`) from the event loop, one batch at a time, and settles
+    each batch's ops with its outcomes.
+
+    What is queued while a batch is being applied goes out as the next batch the moment the
+    reply arrives: group commit paced by the commits themselves. An op queued while the writer
+    is idle waits `window_s` (or the rest of this turn of the loop) for the ops that usually
+    follow it. Everything runs on the store's loop: no thread has to win the GIL back from the
+    loop between a batch and the next."""
 
     def __init__(self, path: str, busy_timeout_ms: int, window_s: float = 0.0) -> None:
         self.window_s = window_s
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
-        self._child: _Child
-        # Daemon: a store nobody closed must not hang interpreter exit (close() is what flushes).
-        self._thread = threading.Thread(
-            target=self._run, name="callboard-store-writer", daemon=True
-        )
+        self._queue: collections.deque[_Op] = collections.deque()
+        self._in_flight: list[_Op] | None = None  # sent, reply awaited
+        self._work: list[_Op] = []  # the ops of the batch in flight that the process applies
+        self._send_soon: asyncio.Handle | None = None
+        self._gone: RuntimeError | None = None  # set once the process is lost: ops fail with it
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop
+        self._loop_thread = 0
+        self._proc: subprocess.Popen[bytes]
+        self._pipe: asyncio.WriteTransport
+        self._replies: asyncio.ReadTransport
         self.stats = StoreStats()
 
-    def start(self) -> None:
-        """Blocking: returns once the file is open and migrated, or raises why it could not be."""
-        self._thread.start()
-        self._ready.wait()
-        if self._startup_error is not None:
-            self._thread.join()
-            raise self._startup_error
+    async def start(self) -> None:
+        """Returns once the file is open and migrated, or raises why it could not be."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._proc = await asyncio.to_thread(_start_child, self._path, self._busy_timeout_ms)
+        try:
+            self._pipe, _ = await self._loop.connect_write_pipe(
+                asyncio.BaseProtocol, self._proc.stdin
+            )
+            self._replies, _ = await self._loop.connect_read_pipe(
+                lambda: _Replies(self), self._proc.stdout
+            )
+        except BaseException:
+            await asyncio.to_thread(_end_child, self._proc)
+            raise
 
-    def stop(self) -> None:
-        """Blocking: everything queued before this call is applied, then the thread ends."""
-        self._queue.put(None)
-        self._thread.join()
+    async def stop(self) -> None:
+        """Everything queued before this call is applied, then the process ends."""
+        if not self._stopping and self._gone is None:
+            barrier: asyncio.Future[Any] = self._loop.create_future()
+            self.put(_Op(None, "close", barrier))
+            with contextlib.suppress(Exception):
+                await barrier
+        self._stopping = True
+        self._pipe.close()  # the process sees EOF on its stdin: it closes the file and exits
+        await asyncio.to_thread(_reap, self._proc)
+        self._replies.close()
+        self._fail_all(RuntimeError("store is closed"))
 
     def put(self, op: _Op) -> None:
-        self._queue.put(op)
+        if threading.get_ident() != self._loop_thread:
+            self._loop.call_soon_threadsafe(self.put, op)
+            return
+        if self._gone is not None or self._stopping:
+            _settle([_Outcome(op, error=self._gone or RuntimeError("store is closed"))])
+            return
+        self._queue.append(op)
+        if self._in_flight is None and self._send_soon is None:
+            self._send_soon = (
+                self._loop.call_later(self.window_s, self._send) if self.window_s > 0
+                else self._loop.call_soon(self._send)
+            )
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
-    def _run(self) -> None:
-        try:
-            self._child = _start_child(self._path, self._busy_timeout_ms)
-        except BaseException as exc:
-            self._startup_error = exc
-            self._ready.set()
+    def _send(self) -> None:
+        self._send_soon = None
+        if self._in_flight is not None or not self._queue:
             return
-        self._ready.set()
-        try:
-            self._serve()
-        finally:
-            self._child.close()
-
-    def _serve(self) -> None:
-        stopping = False
-        while not stopping:
-            batch, stopping = self._next_batch()
-            try:
-                self._process(batch)
-            except Exception as exc:  # a bug here must not strand every later caller
-                log.exception("store writer failed on a batch of %d ops", len(batch))
-                self._resolve([_Outcome(op, error=exc) for op in batch])
-        self._fail_leftovers()
-
-    def _next_batch(self) -> tuple[list[_Op], bool]:
-        """Block for one op, then gather for up to `window_s` more. True: stop after this."""
-        first = self._queue.get()
-        if first is None:
-            return [], True
-        batch = [first]
-        deadline = time.monotonic() + self.window_s
-        while len(batch) < MAX_BATCH_OPS:
-            try:
-                op = self._queue.get_nowait()
-            except queue.Empty:
-                wait = deadline - time.monotonic()
-                if wait <= 0:
-                    break
-                try:
-                    op = self._queue.get(timeout=wait)
-                except queue.Empty:
-                    break
-            if op is None:
-                return batch, True
-            batch.append(op)
-        return batch, False
-
-    def _fail_leftovers(self) -> None:
-        """Ops queued after stop() (a race with close) would otherwise wait forever."""
-        leftovers: list[_Outcome] = []
-        while True:
-            try:
-                op = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if op is not None:
-                leftovers.append(_Outcome(op, error=RuntimeError("store is closed")))
-        self._resolve(leftovers)
-
-    def _process(self, batch: list[_Op]) -> None:
-        if not batch:
-            return
+        count = min(len(self._queue), MAX_BATCH_OPS)
+        batch = [self._queue.popleft() for _ in range(count)]
         self.stats.batches += 1
-        _merge_records(batch)
-        work = [op for op in batch if op.apply is not None or op.records is not None]
-        outcomes = {id(o.op): o for o in self._apply(work)} if work else {}
-        ordered = [outcomes.get(id(op)) or _Outcome(op) for op in batch]
-        self._after_commit(ordered)
-        self._resolve(ordered)
+        self._in_flight = batch
+        try:
+            _merge_records(batch)
+            self._work = [op for op in batch if op.apply is not None or op.records is not None]
+            if not self._work:  # flush barriers only: nothing to write, nothing to wait for
+                self._finish([])
+                return
+            items = [
+                ("records", op.records.encode()) if op.records is not None else ("call", op.apply)
+                for op in self._work
+            ]
+            self._pipe.write(child.frame(("batch", items)))
+        except Exception as exc:  # e.g. an op that cannot be pickled: fail this batch only
+            log.exception("store writer failed on a batch of %d ops", len(batch))
+            self._in_flight, self._work = None, []
+            _settle([_Outcome(op, error=exc) for op in batch])
+            self._send()
 
-    def _apply(self, work: list[_Op]) -> list[_Outcome]:
-        """One batch through the writer process (`child`): one transaction, or, if something
-        in it fails, each op alone and submitted records row by row."""
-        items = [
-            ("records", op.records.encode()) if op.records is not None else ("call", op.apply)
-            for op in work
-        ]
-        results, (commits, retried, failed) = self._child.apply(items)
+    def replied(self, message: Any) -> None:
+        """The process's answer to the batch in flight."""
+        _, results, (commits, retried, failed) = message
         self.stats.commits += commits
         self.stats.retried_batches += retried
         self.stats.failed_ops += failed
+        self._finish(self._outcomes(results))
+
+    def _outcomes(self, results: list[child.Result]) -> list[_Outcome]:
         outcomes = []
-        for op, (value, error, failures) in zip(work, results, strict=True):
+        for op, (value, error, failures) in zip(self._work, results, strict=True):
             for failure in failures:
                 log.error("store: writing %s", failure)
             if error is None:
@@ -306,80 +295,98 @@ class _Writer:
                                      RuntimeError(repr(error))))
         return outcomes
 
-    @staticmethod
-    def _after_commit(outcomes: list[_Outcome]) -> None:
-        for outcome in outcomes:
-            hook = outcome.op.after_commit
-            if hook is None or outcome.error is not None:
-                continue
-            try:
-                hook(outcome.value)
-            except Exception:
-                log.exception("store: after-commit hook of %s failed", outcome.op.label)
+    def _finish(self, outcomes: list[_Outcome]) -> None:
+        """Settle the batch in flight, in queue order (barriers with it), then send the next."""
+        batch, self._in_flight, self._work = self._in_flight or [], None, []
+        by_op = {id(o.op): o for o in outcomes}
+        ordered = [by_op.get(id(op)) or _Outcome(op) for op in batch]
+        _after_commit(ordered)
+        _settle(ordered)
+        if self._queue:
+            self._send()
 
-    @staticmethod
-    def _resolve(outcomes: list[_Outcome]) -> None:
-        """One call_soon_threadsafe per loop per batch, not per op."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
-        for outcome in outcomes:
-            if outcome.op.loop is not None:
-                by_loop.setdefault(outcome.op.loop, []).append(outcome)
-        for loop, settled in by_loop.items():
-            # RuntimeError: the loop is closed, nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, settled)
+    def lost(self, why: str) -> None:
+        """The process is gone: what it was applying and everything queued fails."""
+        if self._stopping:
+            return
+        code = self._proc.poll()
+        self._gone = RuntimeError(f"store writer process exited (code {code}): {why}")
+        log.error("store: %s", self._gone)
+        self._fail_all(self._gone)
+
+    def _fail_all(self, error: Exception) -> None:
+        failed = [*(self._in_flight or []), *self._queue]
+        self._in_flight, self._work = None, []
+        self._queue.clear()
+        if self._send_soon is not None:
+            self._send_soon.cancel()
+            self._send_soon = None
+        _settle([_Outcome(op, error=error) for op in failed])
 
 
-class _Child:
-    """The writer process (`callboard.store.child`), driven by the writer thread alone."""
+class _Replies(asyncio.Protocol):
+    """Reads the writer process's stdout: one reply per batch, in order."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self._proc = proc
-        self._in = cast(BinaryIO, proc.stdin)
-        self._out = cast(BinaryIO, proc.stdout)
+    def __init__(self, writer: _Writer) -> None:
+        self._writer = writer
+        self._frames = child.Frames()
 
-    def request(self, message: object) -> Any:
+    def data_received(self, data: bytes) -> None:
+        for message in self._frames.feed(data):
+            self._writer.replied(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._writer.lost(repr(exc) if exc is not None else "its output closed")
+
+
+def _after_commit(outcomes: list[_Outcome]) -> None:
+    for outcome in outcomes:
+        hook = outcome.op.after_commit
+        if hook is None or outcome.error is not None:
+            continue
         try:
-            child.send(self._in, message)
-            reply = child.receive(self._out)
-        except (OSError, ValueError) as exc:
-            raise RuntimeError(f"store writer process is gone ({exc})") from exc
-        if reply is None:
-            raise RuntimeError(f"store writer process exited (code {self._proc.poll()})")
-        return reply
-
-    def apply(self, items: list[child.Item]) -> tuple[list[child.Result], tuple[int, int, int]]:
-        _, results, stats = self.request(("batch", items))
-        return results, stats
-
-    def close(self) -> None:
-        """Its stdin closes: it finishes, closes the file and exits."""
-        with contextlib.suppress(OSError):
-            self._in.close()
-        try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        with contextlib.suppress(OSError):
-            self._out.close()
+            hook(outcome.value)
+        except Exception:
+            log.exception("store: after-commit hook of %s failed", outcome.op.label)
 
 
-def _start_child(path: str, busy_timeout_ms: int) -> _Child:
+def _start_child(path: str, busy_timeout_ms: int) -> subprocess.Popen[bytes]:
+    """Blocking: the writer process, with its file open and migrated."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "callboard.store.child"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, start_new_session=True,
     )
-    started = _Child(proc)
+    stdin, stdout = cast(BinaryIO, proc.stdin), cast(BinaryIO, proc.stdout)
     try:
-        reply = started.request(("open", path, busy_timeout_ms))
-    except BaseException:
-        started.close()
-        raise
+        child.send(stdin, ("open", path, busy_timeout_ms))
+        reply = child.receive(stdout)
+    except (OSError, ValueError) as exc:
+        _end_child(proc)
+        raise RuntimeError(f"store writer process is gone ({exc})") from exc
+    if reply is None:
+        _end_child(proc)
+        raise RuntimeError(f"store writer process exited (code {proc.poll()})")
     if reply[0] == "error":
-        started.close()
+        _end_child(proc)
         raise reply[1]
-    return started
+    return proc
+
+
+def _end_child(proc: subprocess.Popen[bytes]) -> None:
+    """Blocking: its stdin closes, so it finishes, closes the file and exits."""
+    for pipe in (proc.stdin, proc.stdout):
+        with contextlib.suppress(OSError):
+            if pipe is not None:
+                pipe.close()
+    _reap(proc)
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _op_count(op: _Op) -> int:
@@ -418,7 +425,7 @@ def _settle(outcomes: list[_Outcome]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Write operations: run on the writer thread, inside its transaction.
+# Write operations: run in the writer process, inside its transaction.
 
 
 def _insert_project(conn: sqlite3.Connection, project: Project) -> None:
@@ -577,11 +584,11 @@ class SqliteStore(Store):
         if self._writer is not None:
             raise RuntimeError("store is already open")
         writer = _Writer(self._path, self._busy_timeout_ms, self._commit_window_s)
-        await asyncio.to_thread(writer.start)
+        await writer.start()
         try:
             self._reader_conn = _Reader(self._path, self._busy_timeout_ms)
         except BaseException:
-            await asyncio.to_thread(writer.stop)
+            await writer.stop()
             raise
         self._writer, self.stats = writer, writer.stats
         rows = self._reader.all("SELECT * FROM api_keys WHERE revoked = 0")
@@ -594,7 +601,7 @@ class SqliteStore(Store):
         if writer is None:
             return
         self._slot.close_any()
-        await asyncio.to_thread(writer.stop)
+        await writer.stop()
         self._keys.replace_all(())  # a closed store authenticates nobody
         if self._reader_conn is not None:
             self._reader_conn.close()
@@ -621,12 +628,11 @@ class SqliteStore(Store):
     ) -> T:
         """Queue one op and return its result once the batch holding it is committed."""
         writer = self._live_writer()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         hook = cast(Callable[[Any], None] | None, after_commit)
         if apply is not None:  # a flush barrier needs no order of its own
             self._slot.close_any()
-        writer.put(_Op(apply, label, future, loop, hook))
+        writer.put(_Op(apply, label, future, after_commit=hook))
         return cast(T, await future)
 
     def _records(self) -> Records:
