@@ -1765,6 +1765,10 @@ def test_restored_participant_job_keeps_its_type_and_participant() -> None:
         {"job": "AJ_1", "workers": [{"worker_id": "AW_1", "load": 0.25, "tried": False}]},
         {"why": 'quote " and é and \u2028', "n": 3, "none": None, "nested": {"a": [1, 2.5]}},
         {"odd": {1, 2}},  # not JSON-native: diagnostic text
+        {"load": 0.25, "ok": True, "no": False, "n": -3, "big": 10**30, "tiny": 1e-300},
+        {"nan": float("nan"), "inf": float("-inf")},  # the encoder's spelling, not ours
+        {"state": JobState.RUNNING, "type": JobType.ROOM},  # enums: the encoder decides
+        {"ctl": "\x00\x1f\"\\/\t", "none": None, "workers": []},
         {1: "a non-string key"},
     ],
 )

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,19 +159,48 @@ class TraceEntry:
 
 
 def trace_line(at_ms: int, what: str, detail: Mapping[str, Any]) -> str:
-    """A trace line as compact JSON `[at_ms, what, detail]`. A list value shared by many lines (a
-    pool's candidate lines, which the dispatcher reuses until a worker changes) is encoded once
-    for all of them. A detail that is not JSON-native is diagnostic text (`default=str`)."""
-    if not all(type(key) is str for key in detail):
-        return _encode([at_ms, what, dict(detail)])
-    fields = ",".join(
-        _encode(key) + ":" + (_SHARED.text(value) if type(value) is list else _encode(value))
-        for key, value in detail.items()
-    )
-    return f"[{_encode(at_ms)},{_encode(what)},{{{fields}}}]"
+    """A trace line as compact JSON `[at_ms, what, detail]`, byte for byte what `json.dumps` makes
+    with `separators=(",", ":"), ensure_ascii=False, default=str` (a detail that is not
+    JSON-native is diagnostic text).
+
+    Lines are made on the dispatch path, before the worker is asked, so the common shapes skip
+    the encoder object: string keys with strings, numbers, booleans or None are written here, and
+    a list value shared by many lines (a pool's candidate lines, which the dispatcher reuses
+    until a worker changes) is encoded once for all of them. Anything else goes to the encoder.
+    """
+    if type(at_ms) is int and type(what) is str:
+        fields = []
+        for key, value in detail.items():
+            text = _scalar(value) if type(value) is not list else _SHARED.text(value)
+            if text is None or type(key) is not str:
+                break
+            fields.append(_string(key) + ":" + text)
+        else:
+            return f"[{at_ms},{_string(what)},{{{','.join(fields)}}}]"
+    plain = detail if type(detail) is dict else dict(detail)
+    return _encode([at_ms, what, plain])
+
+
+def _scalar(value: Any) -> str | None:
+    """JSON of a string, int, finite float, bool or None, as `json` writes it; else None."""
+    kind = type(value)
+    if kind is str:
+        return _string(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    return None
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+_string: Callable[[str], str] = json.encoder.encode_basestring
 
 
 class _SharedText:

@@ -473,7 +473,7 @@ _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps(…, separ
 def _encode(claims: dict[str, Any], secret: str) -> str:
     body = _COMPACT_JSON.encode(claims).encode()
     signing_input = _HEADER_SEGMENT + b"." + _b64(body)
-    signature = hmac.new(_hmac_key(secret), signing_input, hashlib.sha256).digest()
+    signature = hmac.digest(_hmac_key(secret), signing_input, "sha256")
     return (signing_input + b"." + _b64(signature)).decode()
 
 

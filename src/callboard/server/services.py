@@ -7,6 +7,7 @@ committed: a caller is never told "done" about something a crash could still los
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ log = logging.getLogger("callboard.services")
 MAX_METADATA_BYTES = 512 * 1024
 MAX_ATTRIBUTES_BYTES = 64 * 1024
 MAX_NAME_CHARS = 256
+_CONTROL = re.compile(r"[\x00-\x1f]")
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ def validate_name(value: str, what: str, *, allow_empty: bool = False) -> None:
         raise InvalidArgument(
             f"{what} is {len(value)} characters; the limit is {MAX_NAME_CHARS}", what
         )
-    if any(ord(ch) < 32 for ch in value):
+    if not value.isprintable() and _CONTROL.search(value):  # isprintable: the usual fast answer
         raise InvalidArgument(f"{what} contains control characters", what)
 
 
