@@ -414,36 +414,41 @@ class JobTokenRequest:
 
 
 def mint_job_token(req: JobTokenRequest, *, now_s: float | None = None) -> str:
-    """The room-scoped 1 h token a JobAssignment carries, shaped like livekit-server's."""
+    """The room-scoped 1 h token a JobAssignment carries, shaped like livekit-server's.
+
+    Claims, in order: iss, sub (LiveKit's default agent identity if none), nbf, exp, name,
+    kind, video (the grants), callboard (dispatch, job, attempt), then metadata and attributes
+    when not empty. The JSON is written here, as `json` would write it compactly, rather than
+    built as a dict and encoded: this runs between a worker's yes and its assignment."""
     now = int(time.time() if now_s is None else now_s)
-    payload: dict[str, Any] = {
-        "iss": req.api_key,
-        "sub": req.identity or f"agent-{req.job.job_id}",  # LiveKit's default agent identity
-        "nbf": now,
-        "exp": now + JOB_TOKEN_TTL_S,
-        "name": req.name,
-        "kind": "agent",
-        "video": {
-            "roomJoin": True,
-            "room": req.room,
-            "agent": True,
-            "canPublish": req.can_publish,
-            "canSubscribe": req.can_subscribe,
-            "canPublishData": req.can_publish_data,
-            "canUpdateOwnMetadata": req.can_update_own_metadata,
-            "hidden": req.hidden,
-        },
-        "callboard": {
-            "dispatch": req.job.dispatch_id,
-            "job": req.job.job_id,
-            "attempt": req.job.attempt,
-        },
-    }
+    job = req.job
+    parts = [
+        '{"iss":', _ascii(req.api_key),
+        ',"sub":', _ascii(req.identity or f"agent-{job.job_id}"),
+        ',"nbf":', str(now), ',"exp":', str(now + JOB_TOKEN_TTL_S),
+        ',"name":', _ascii(req.name),
+        ',"kind":"agent","video":{"roomJoin":true,"room":', _ascii(req.room),
+        ',"agent":true,"canPublish":', _bool(req.can_publish),
+        ',"canSubscribe":', _bool(req.can_subscribe),
+        ',"canPublishData":', _bool(req.can_publish_data),
+        ',"canUpdateOwnMetadata":', _bool(req.can_update_own_metadata),
+        ',"hidden":', _bool(req.hidden),
+        '},"callboard":{"dispatch":', _ascii(job.dispatch_id), ',"job":', _ascii(job.job_id),
+        ',"attempt":', str(int(job.attempt)), "}",
+    ]
     if req.metadata:
-        payload["metadata"] = req.metadata
+        parts += [',"metadata":', _ascii(req.metadata)]
     if req.attributes:
-        payload["attributes"] = dict(req.attributes)
-    return _encode(payload, req.api_secret)
+        parts += [',"attributes":', _COMPACT_JSON.encode(dict(req.attributes))]
+    parts.append("}")
+    return _sign_body("".join(parts).encode(), req.api_secret)
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+_ascii: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 def sign(payload: Mapping[str, Any], secret: str) -> str:
@@ -471,7 +476,10 @@ _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps(…, separ
 
 
 def _encode(claims: dict[str, Any], secret: str) -> str:
-    body = _COMPACT_JSON.encode(claims).encode()
+    return _sign_body(_COMPACT_JSON.encode(claims).encode(), secret)
+
+
+def _sign_body(body: bytes, secret: str) -> str:
     signing_input = _HEADER_SEGMENT + b"." + _b64(body)
     signature = hmac.digest(_hmac_key(secret), signing_input, "sha256")
     return (signing_input + b"." + _b64(signature)).decode()
