@@ -570,7 +570,7 @@ class SqliteStore(Store):
             )
         self._clock_ms = clock_ms
         self._busy_timeout_ms = busy_timeout_ms
-        self._commit_window_s = commit_window_s  # see `_Writer._next_batch`
+        self._commit_window_s = commit_window_s  # see `_Writer.put`
         self._writer: _Writer | None = None
         self._reader_conn: _Reader | None = None
         self._keys = _KeyCache()
