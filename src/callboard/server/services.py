@@ -41,6 +41,17 @@ class AgentRequest:
     metadata: str = ""
 
 
+@dataclass(frozen=True)
+class RoomConfig:
+    """What a caller may set on a room it creates (CreateRoom); defaults for one made on the fly."""
+
+    metadata: str = ""
+    empty_timeout_s: int = 0
+    departure_timeout_s: int = 0
+    max_participants: int = 0
+    agents: Sequence[AgentRequest] = ()
+
+
 def validate_name(value: str, what: str, *, allow_empty: bool = False) -> None:
     if not value and not allow_empty:
         raise InvalidArgument(f"{what} is required", what)
@@ -70,12 +81,8 @@ async def create_room(
     hub: Hub,
     caller: Caller,
     name: str,
+    config: RoomConfig = RoomConfig(),
     *,
-    metadata: str = "",
-    empty_timeout_s: int = 0,
-    departure_timeout_s: int = 0,
-    max_participants: int = 0,
-    agents: Sequence[AgentRequest] = (),
     before_ack: Callable[[Room], object] | None = None,
 ) -> tuple[Room, bool]:
     """Create the room if missing (returning it and True), else return the existing one and False.
@@ -84,14 +91,10 @@ async def create_room(
     (agent name "") that only unnamed workers receive. `before_ack` runs before the final flush,
     so what it records (the live room's room.started) is committed when this returns.
     """
-    room, created = ensure_room(
-        hub, caller, name, metadata=metadata, empty_timeout_s=empty_timeout_s,
-        departure_timeout_s=departure_timeout_s, max_participants=max_participants,
-        agents=agents,
-    )
+    room, created = ensure_room(hub, caller, name, config)
     if created:
         ref = RoomRef(caller.project_id, room.name, room.sid)
-        for agent in room_agents(agents):
+        for agent in room_agents(config.agents):
             dispatch_agent(hub, caller, ref, agent, source="room")
     if before_ack is not None:
         before_ack(room)
@@ -100,15 +103,7 @@ async def create_room(
 
 
 def ensure_room(
-    hub: Hub,
-    caller: Caller,
-    name: str,
-    *,
-    metadata: str = "",
-    empty_timeout_s: int = 0,
-    departure_timeout_s: int = 0,
-    max_participants: int = 0,
-    agents: Sequence[AgentRequest] = (),
+    hub: Hub, caller: Caller, name: str, config: RoomConfig = RoomConfig()
 ) -> tuple[Room, bool]:
     """The room, created (True) if missing; no dispatch, no flush.
 
@@ -116,7 +111,7 @@ def ensure_room(
     get one room (one sid): the store shows a submitted room before it is committed.
     """
     validate_name(name, "room")
-    validate_metadata(metadata)
+    validate_metadata(config.metadata)
     existing = hub.store.get_room(caller.project_id, name)
     if existing is not None:
         return existing, False
@@ -127,11 +122,11 @@ def ensure_room(
         created_at_ms=hub.clock_ms(),
         creator_key=caller.key.key,
         owner=caller.owner,
-        metadata=metadata,
-        empty_timeout_s=empty_timeout_s,
-        departure_timeout_s=departure_timeout_s,
-        max_participants=max_participants,
-        agents=tuple((a.agent_name, a.metadata) for a in agents),
+        metadata=config.metadata,
+        empty_timeout_s=config.empty_timeout_s,
+        departure_timeout_s=config.departure_timeout_s,
+        max_participants=config.max_participants,
+        agents=tuple((a.agent_name, a.metadata) for a in config.agents),
     )
     hub.store.submit_room(room)
     return room, True

@@ -87,17 +87,16 @@ async def list_dispatch(api: Api, caller: Caller, req: dpb.ListAgentDispatchRequ
 
 async def create_room(api: Api, caller: Caller, req: rpb.CreateRoomRequest) -> Message:
     require(caller, "room_create")
-    agents = [services.AgentRequest(a.agent_name, a.metadata) for a in req.agents]
-    opened: list[RoomView | None] = []
-    room, _ = await services.create_room(
-        api.hub,
-        caller,
-        req.name,
+    config = services.RoomConfig(
         metadata=req.metadata,
         empty_timeout_s=req.empty_timeout,
         departure_timeout_s=req.departure_timeout,
         max_participants=req.max_participants,
-        agents=agents,
+        agents=[services.AgentRequest(a.agent_name, a.metadata) for a in req.agents],
+    )
+    opened: list[RoomView | None] = []
+    room, _ = await services.create_room(
+        api.hub, caller, req.name, config,
         before_ack=lambda stored: opened.append(_open_live(api, caller, stored)),
     )
     live = opened[0] if opened else None
