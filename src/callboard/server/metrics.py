@@ -61,11 +61,9 @@ class DispatchMetrics:
         )
         self._created_at: dict[str, int] = {}
         self._names: dict[str, str] = {}
-        # Children of the labelled metrics, by project id (and state): `labels()` looks them up
-        # under a lock on every call, and this runs for every dispatch.
-        self._created_of: dict[str, Any] = {}
-        self._latency_of: dict[str, Any] = {}
-        self._ended_of: dict[tuple[str, str], Any] = {}
+        # Children of the labelled metrics, by metric, project id (and state): `labels()` looks
+        # them up under a lock on every call, and this runs for every dispatch.
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     def project_name(self, project_id: str) -> str:
         name = self._names.get(project_id)
@@ -82,43 +80,27 @@ class DispatchMetrics:
                     self._event(action)
             elif isinstance(action, SaveJob) and action.record.state.is_terminal:
                 rec = action.record
-                self._ended(rec.project_id, rec.state.value).inc()
+                self._child(self.ended, rec.project_id, rec.state.value).inc()
 
     def _event(self, event: RecordEvent) -> None:
         if event.kind == "dispatch.created":
-            self._created(event.project_id).inc()
+            self._child(self.created, event.project_id).inc()
             if len(self._created_at) < MAX_TRACKED:
                 self._created_at[event.dispatch_id] = event.at_ms
         elif event.kind == "dispatch.assigned":
             started = self._created_at.pop(event.dispatch_id, None)
             if started is not None:
                 seconds = max(0, event.at_ms - started) / 1000
-                self._latency(event.project_id).observe(seconds)
+                self._child(self.latency, event.project_id).observe(seconds)
         elif event.kind in ("dispatch.deleted", "dispatch.expired"):
             self._created_at.pop(event.dispatch_id, None)
 
-    def _created(self, project_id: str) -> Any:
-        child = self._created_of.get(project_id)
+    def _child(self, metric: Any, project_id: str, *labels: str) -> Any:
+        """`metric` labelled with the project's name (then `labels`), made once per key."""
+        key = (metric, project_id, *labels)
+        child = self._children.get(key)
         if child is None:
-            child = self._created_of[project_id] = self.created.labels(
-                self.project_name(project_id)
-            )
-        return child
-
-    def _latency(self, project_id: str) -> Any:
-        child = self._latency_of.get(project_id)
-        if child is None:
-            child = self._latency_of[project_id] = self.latency.labels(
-                self.project_name(project_id)
-            )
-        return child
-
-    def _ended(self, project_id: str, state: str) -> Any:
-        child = self._ended_of.get((project_id, state))
-        if child is None:
-            child = self._ended_of[(project_id, state)] = self.ended.labels(
-                self.project_name(project_id), state
-            )
+            child = self._children[key] = metric.labels(self.project_name(project_id), *labels)
         return child
 
 
