@@ -41,7 +41,6 @@ from callboard.dispatch.model import (
     SendAvailabilityRequest,
     SendTermination,
     Tick,
-    TraceEntry,
     WorkerGone,
     WorkerInfo,
     WorkerRegistered,
@@ -1777,7 +1776,6 @@ def test_trace_line_json_is_what_json_dumps_makes(detail: dict[Any, Any]) -> Non
         [T0, "candidates", detail], separators=(",", ":"), ensure_ascii=False, default=str
     )
     assert trace_line(T0, "candidates", detail) == expected
-    assert TraceEntry(T0, "candidates", detail).json_text == expected
 
 
 def test_trace_lines_sharing_a_list_encode_it_the_same() -> None:

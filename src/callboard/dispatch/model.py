@@ -153,10 +153,6 @@ class TraceEntry:
         at_ms, what, detail = json.loads(line)
         return cls(at_ms, what, detail)
 
-    @property
-    def json_text(self) -> str:
-        return trace_line(self.at_ms, self.what, self.detail)
-
 
 def trace_line(at_ms: int, what: str, detail: Mapping[str, Any]) -> str:
     """A trace line as compact JSON `[at_ms, what, detail]`, byte for byte what `json.dumps` makes
