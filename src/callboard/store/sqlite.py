@@ -202,16 +202,18 @@ class _Writer:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._proc = await asyncio.to_thread(_start_child, self._path, self._busy_timeout_ms)
+        pipe: asyncio.WriteTransport | None = None
         try:
-            self._pipe, _ = await self._loop.connect_write_pipe(
-                asyncio.BaseProtocol, self._proc.stdin
-            )
+            pipe, _ = await self._loop.connect_write_pipe(asyncio.BaseProtocol, self._proc.stdin)
             self._replies, _ = await self._loop.connect_read_pipe(
                 lambda: _Replies(self), self._proc.stdout
             )
         except BaseException:
+            if pipe is not None:
+                pipe.close()
             await asyncio.to_thread(_end_child, self._proc)
             raise
+        self._pipe = pipe
 
     async def stop(self) -> None:
         """Everything queued before this call is applied, then the process ends."""
