@@ -42,8 +42,9 @@ class Settings:
     """WebSocket ping interval on /agent; a peer silent for twice this long is dropped."""
     store_commit_window_ms: float = 1.0
     """Group commit: after the first write arrives, the store writer gathers more for this long
-    before committing. API calls are acknowledged after the commit (this much later, at most);
-    assignments to workers never wait for it, and the commit no longer competes with them."""
+    before committing, or until a job assignment is sent, whichever comes first. API calls are
+    acknowledged after the commit; assignments to workers never wait for it, and the commit does
+    not compete with the dispatch that is still on its way to a worker."""
     drain_timeout_s: float = 30.0
     """On SIGTERM: how long running jobs may drain before the server exits."""
     strict_token_dispatch: bool = False

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import aiohttp
 import jwt
 from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
@@ -99,6 +102,35 @@ async def test_server_killed_and_restarted_loses_no_record(
     assert back.proto.offers == []  # resumed by migration, never offered again
     await back.close()
     await late.close()
+
+
+async def test_an_assignment_ends_the_commit_window(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """A dispatch is acknowledged once committed; an assigned one commits as soon as its
+    assignment is out, while a queued one waits out the (here: long) group-commit window."""
+    server = ServerProcess(db=tmp_path / "window.db",
+                           env={"CALLBOARD_STORE_COMMIT_WINDOW_MS": "3000"})
+    server.start()
+    try:
+        worker = await light_worker(http, server, "prompt")
+        async with lk_api(server) as lkapi:
+            started = time.monotonic()
+            d = await lkapi.agent_dispatch.create_dispatch(
+                CreateAgentDispatchRequest(agent_name="prompt", room="window-a")
+            )
+            assigned_s = time.monotonic() - started
+            started = time.monotonic()
+            await lkapi.agent_dispatch.create_dispatch(
+                CreateAgentDispatchRequest(agent_name="nobody", room="window-b")
+            )
+            queued_s = time.monotonic() - started
+        assert (await worker.next("assignment")).assignment.job.dispatch_id == d.id
+        assert assigned_s < 1.5, assigned_s
+        assert queued_s >= 2.5, queued_s
+        await worker.close()
+    finally:
+        server.stop()
 
 
 async def _assigned_to(http: aiohttp.ClientSession, server: ServerProcess, dispatch_id: str) -> str:

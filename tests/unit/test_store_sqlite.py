@@ -777,6 +777,25 @@ async def test_the_commit_window_gathers_writes_that_arrive_soon_after(db: Path)
         await s.close()
 
 
+async def test_commit_soon_ends_the_window_at_once(db: Path) -> None:
+    s = SqliteStore(str(db), commit_window_s=30.0)  # never reached within this test's timeout
+    await s.open()
+    try:
+        commits = s.stats.commits
+        s.submit_event(event("first"))
+        s.submit_job(job())
+        flushed = asyncio.ensure_future(s.flush())
+        await asyncio.sleep(0.05)
+        assert not flushed.done()  # still inside the window
+        s.commit_soon()
+        await asyncio.wait_for(flushed, 5)
+        assert s.stats.commits == commits + 1  # both writes in the one commit
+        assert s.get_job("P_a", "AJ_1") is not None
+        s.commit_soon()  # nothing queued: a no-op
+    finally:
+        await s.close()
+
+
 async def test_usage_submitted_together_is_added_up(store: SqliteStore) -> None:
     for _ in range(3):
         store.submit_usage("P_a", "", "2026-01-01", dispatches=1, agent_session_ms=200)

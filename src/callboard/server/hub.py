@@ -85,14 +85,18 @@ class Hub:
 
     def feed(self, event: Event) -> None:
         actions = self.core.handle(event)
+        assigned = False
         for action in actions:
             self._carry_out(action)
+            assigned = assigned or type(action) is SendAssignment
         for listener in self.listeners:
             try:
                 listener(actions)
             except Exception:  # an observer's bug must not stop dispatch
                 log.exception("action listener %r failed", listener)
         self._arm_timer()
+        if assigned:  # the end of a dispatch's hurry: its records need not wait for more company
+            self.store.commit_soon()
 
     def record(self, event: RecordEvent) -> None:
         """An event-log line from outside the core (rooms, webhooks): stored and logged alike."""

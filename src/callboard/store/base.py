@@ -136,6 +136,11 @@ class Store(abc.ABC):
     async def flush(self) -> None:
         """Return once everything submitted so far is committed."""
 
+    @abc.abstractmethod
+    def commit_soon(self) -> None:
+        """The burst of work that submitted the queued writes is over: commit them without
+        waiting out the rest of a group-commit window (a store without one has nothing to do)."""
+
     # -- projects and keys (admin plane)
     @abc.abstractmethod
     async def create_project(self, name: str) -> Project: ...

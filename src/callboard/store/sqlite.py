@@ -3,19 +3,20 @@
 Theory of operation:
 
 - Writes. Every write becomes an `_Op` (a picklable function of the writer's connection, or the
-  submitted records of `pending`; a label naming the record for logs; and, for `async` methods,
-  an asyncio future) put on one FIFO queue. The writer (`_Writer`, on the store's event loop)
-  sends what is queued as one batch to the writer process (`child`), which owns the only
-  writing connection and applies it in one transaction; SQLite thus never needs this process's
-  GIL. One batch is in flight at a time: what is queued meanwhile is the next batch, sent when
-  the reply arrives. An op queued while nothing is in flight waits `commit_window_s` (up to
-  `MAX_BATCH_OPS`; the server uses 1 ms, so the commit runs after the burst of work that caused
-  it instead of competing with it). On the reply, the ops' after-commit hooks run in order, and
-  only then are the batch's futures resolved. N writes thus cost one commit, and an awaited
-  write has been committed when it returns. If any op of a batch raises, the transaction is
-  rolled back and the batch is re-applied one op per transaction (submitted records row by row),
-  so only the bad op or row fails (its future gets the exception; a fire-and-forget `submit_*`
-  is logged with its record id).
+  submitted records of `pending`; a label naming the record for logs; and, for `async` methods, an
+  asyncio future) put on one FIFO queue. The writer (`_Writer`, on the store's event loop) sends
+  what is queued as one batch to the writer process (`child`), which owns the only writing
+  connection and applies it in one transaction; SQLite thus never needs this process's GIL. One
+  batch is in flight at a time: what is queued meanwhile is the next batch, sent when the reply
+  arrives. An op queued while nothing is in flight waits `commit_window_s` (up to `MAX_BATCH_OPS`;
+  the server uses 1 ms, so the commit runs after the burst of work that caused it instead of
+  competing with it), or less when the caller says the burst is over (`commit_soon`: the hub does
+  once an assignment is sent). On the reply, the ops' after-commit hooks run in order, and only
+  then are the batch's futures resolved. N writes thus cost one commit, and an awaited write has
+  been committed when it returns. If any op of a batch raises, the transaction is rolled back and
+  the batch is re-applied one op per transaction (submitted records row by row), so only the bad op
+  or row fails (its future gets the exception; a fire-and-forget `submit_*` is logged with its
+  record id).
 - Durability. WAL with `synchronous=NORMAL`: a commit is written to the WAL file before the future
   resolves, so it survives the process being killed; the WAL is fsynced at checkpoints, so a power
   cut may lose the last commits (the usual SQLite trade-off; `synchronous=FULL` would fsync every
@@ -220,6 +221,7 @@ class _Writer:
         if not self._stopping and self._gone is None:
             barrier: asyncio.Future[Any] = self._loop.create_future()
             self.put(_Op(None, "close", barrier))
+            self.send_now()  # closing is no reason to wait out a commit window
             with contextlib.suppress(Exception):
                 await barrier
         self._stopping = True
@@ -241,6 +243,12 @@ class _Writer:
                 self._loop.call_later(self.window_s, self._send) if self.window_s > 0
                 else self._loop.call_soon(self._send)
             )
+
+    def send_now(self) -> None:
+        """End the commit window early: see `SqliteStore.commit_soon`."""
+        if self._send_soon is not None:
+            self._send_soon.cancel()
+            self._send()
 
     @property
     def queued(self) -> int:
@@ -611,6 +619,12 @@ class SqliteStore(Store):
 
     async def flush(self) -> None:
         await self._write(None, "flush")
+
+    def commit_soon(self) -> None:
+        """The hub calls this once an assignment is on its way: the dispatch's records then go
+        to the writer together, right away, instead of after the rest of the window."""
+        if self._writer is not None:
+            self._writer.send_now()
 
     @property
     def queued(self) -> int:
