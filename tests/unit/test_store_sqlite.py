@@ -796,6 +796,38 @@ async def test_commit_soon_ends_the_window_at_once(db: Path) -> None:
         await s.close()
 
 
+async def test_after_a_commit_only_awaited_writes_skip_the_window(db: Path) -> None:
+    """Writes queued while a batch commits go next at once when someone awaits one of them;
+    fire-and-forget ones wait for the window (or `commit_soon`) like writes on an idle writer."""
+    s = SqliteStore(str(db), commit_window_s=30.0)
+    await s.open()
+
+    async def commits_reach(n: int) -> None:
+        async with asyncio.timeout(5):
+            while s.stats.commits < n:
+                await asyncio.sleep(0.005)
+
+    try:
+        base = s.stats.commits
+        s.submit_event(event("first"))
+        s.commit_soon()  # in flight now
+        s.submit_event(event("unawaited"))  # queued behind it, nobody waits
+        await commits_reach(base + 1)
+        await asyncio.sleep(0.1)
+        assert s.stats.commits == base + 1  # the unawaited write waits for company
+        s.submit_event(event("awaited"))
+        s.commit_soon()
+        await commits_reach(base + 2)
+        s.submit_event(event("then"))
+        s.commit_soon()  # in flight again
+        flushed = asyncio.ensure_future(s.flush())  # queued behind it, awaited
+        await asyncio.wait_for(flushed, 5)  # no 30 s window
+        kinds = [e.kind for e in s.query_events(EventQuery(project_id="P_a"))]
+        assert sorted(kinds) == ["awaited", "first", "then", "unawaited"]
+    finally:
+        await s.close()
+
+
 async def test_usage_submitted_together_is_added_up(store: SqliteStore) -> None:
     for _ in range(3):
         store.submit_usage("P_a", "", "2026-01-01", dispatches=1, agent_session_ms=200)

@@ -8,15 +8,16 @@ Theory of operation:
   what is queued as one batch to the writer process (`child`), which owns the only writing
   connection and applies it in one transaction; SQLite thus never needs this process's GIL. One
   batch is in flight at a time: what is queued meanwhile is the next batch, sent when the reply
-  arrives. An op queued while nothing is in flight waits `commit_window_s` (up to `MAX_BATCH_OPS`;
-  the server uses 1 ms, so the commit runs after the burst of work that caused it instead of
-  competing with it), or less when the caller says the burst is over (`commit_soon`: the hub does
-  once an assignment is sent). On the reply, the ops' after-commit hooks run in order, and only
-  then are the batch's futures resolved. N writes thus cost one commit, and an awaited write has
-  been committed when it returns. If any op of a batch raises, the transaction is rolled back and
-  the batch is re-applied one op per transaction (submitted records row by row), so only the bad op
-  or row fails (its future gets the exception; a fire-and-forget `submit_*` is logged with its
-  record id).
+  arrives if anyone awaits a write in it (fire-and-forget writes alone wait for the window, as on
+  an idle writer). An op queued while nothing is in flight waits `commit_window_s` (up to
+  `MAX_BATCH_OPS`; the server uses 1 ms, so the commit runs after the burst of work that caused it
+  instead of competing with it), or less when the caller says the burst is over (`commit_soon`: the
+  hub does once an assignment is sent). On the reply, the ops' after-commit hooks run in order, and
+  only then are the batch's futures resolved. N writes thus cost one commit, and an awaited write
+  has been committed when it returns. If any op of a batch raises, the transaction is rolled back
+  and the batch is re-applied one op per transaction (submitted records row by row), so only the
+  bad op or row fails (its future gets the exception; a fire-and-forget `submit_*` is logged with
+  its record id).
 - Durability. WAL with `synchronous=NORMAL`: a commit is written to the WAL file before the future
   resolves, so it survives the process being killed; the WAL is fsynced at checkpoints, so a power
   cut may lose the last commits (the usual SQLite trade-off; `synchronous=FULL` would fsync every
@@ -312,8 +313,12 @@ class _Writer:
         ordered = [by_op.get(id(op)) or _Outcome(op) for op in batch]
         _after_commit(ordered)
         _settle(ordered)
-        if self._queue:
-            self._send()
+        if not self._queue:
+            return
+        if self.window_s <= 0 or any(op.future is not None for op in self._queue):
+            self._send()  # someone waits: no window
+        else:  # fire-and-forget writes only: they wait for company, as on an idle writer
+            self._send_soon = self._loop.call_later(self.window_s, self._send)
 
     def lost(self, why: str) -> None:
         """The process is gone: what it was applying and everything queued fails."""
