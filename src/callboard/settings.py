@@ -44,7 +44,8 @@ class Settings:
     """Group commit: after the first write arrives, the store writer gathers more for this long
     before committing, or until a job assignment is sent, whichever comes first. API calls are
     acknowledged after the commit; assignments to workers never wait for it, and the commit does
-    not compete with the dispatch that is still on its way to a worker."""
+    not compete with the dispatch that is still on its way to a worker. Writes nobody awaits (a
+    worker's status report, room events) wait up to 20 ms for one that somebody does."""
     drain_timeout_s: float = 30.0
     """On SIGTERM: how long running jobs may drain before the server exits."""
     strict_token_dispatch: bool = False

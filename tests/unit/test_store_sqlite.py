@@ -28,6 +28,7 @@ from callboard.dispatch.model import (
     trace_line,
 )
 from callboard.store import schema
+from callboard.store import sqlite as sqlite_store
 from callboard.store.base import EventQuery, Room
 from callboard.store.sqlite import SqliteStore
 
@@ -824,6 +825,24 @@ async def test_after_a_commit_only_awaited_writes_skip_the_window(db: Path) -> N
         await asyncio.wait_for(flushed, 5)  # no 30 s window
         kinds = [e.kind for e in s.query_events(EventQuery(project_id="P_a"))]
         assert sorted(kinds) == ["awaited", "first", "then", "unawaited"]
+    finally:
+        await s.close()
+
+
+async def test_writes_nobody_awaits_wait_for_one_somebody_does(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "LAZY_WINDOW_S", 30.0)  # never reached here
+    s = SqliteStore(str(db), commit_window_s=0.001)
+    await s.open()
+    try:
+        base = s.stats.commits
+        s.submit_event(event("report"))  # a worker's status report: nobody awaits it
+        await asyncio.sleep(0.1)
+        assert s.stats.commits == base  # far past the 1 ms window: still waiting for company
+        await asyncio.wait_for(s.flush(), 5)  # somebody awaits: the 1 ms window applies
+        assert s.stats.commits == base + 1
+        assert [e.kind for e in s.query_events(EventQuery(project_id="P_a"))] == ["report"]
     finally:
         await s.close()
 

@@ -8,16 +8,16 @@ Theory of operation:
   what is queued as one batch to the writer process (`child`), which owns the only writing
   connection and applies it in one transaction; SQLite thus never needs this process's GIL. One
   batch is in flight at a time: what is queued meanwhile is the next batch, sent when the reply
-  arrives if anyone awaits a write in it (fire-and-forget writes alone wait for the window, as on
-  an idle writer). An op queued while nothing is in flight waits `commit_window_s` (up to
-  `MAX_BATCH_OPS`; the server uses 1 ms, so the commit runs after the burst of work that caused it
-  instead of competing with it), or less when the caller says the burst is over (`commit_soon`: the
-  hub does once an assignment is sent). On the reply, the ops' after-commit hooks run in order, and
-  only then are the batch's futures resolved. N writes thus cost one commit, and an awaited write
-  has been committed when it returns. If any op of a batch raises, the transaction is rolled back
-  and the batch is re-applied one op per transaction (submitted records row by row), so only the
-  bad op or row fails (its future gets the exception; a fire-and-forget `submit_*` is logged with
-  its record id).
+  arrives if anyone awaits a write in it. An op queued while nothing is in flight waits
+  `commit_window_s` (the server uses 1 ms, so the commit runs after the burst of work that caused
+  it instead of competing with it), or less when the caller says the burst is over (`commit_soon`:
+  the hub does once an assignment is sent); while nobody awaits any queued op, they wait
+  `LAZY_WINDOW_S` for one that somebody does. A batch holds at most `MAX_BATCH_OPS`. On the reply,
+  the ops' after-commit hooks run in order, and only then are the batch's futures resolved. N
+  writes thus cost one commit, and an awaited write has been committed when it returns. If any op
+  of a batch raises, the transaction is rolled back and the batch is re-applied one op per
+  transaction (submitted records row by row), so only the bad op or row fails (its future gets the
+  exception; a fire-and-forget `submit_*` is logged with its record id).
 - Durability. WAL with `synchronous=NORMAL`: a commit is written to the WAL file before the future
   resolves, so it survives the process being killed; the WAL is fsynced at checkpoints, so a power
   cut may lose the last commits (the usual SQLite trade-off; `synchronous=FULL` would fsync every
@@ -77,6 +77,8 @@ T = TypeVar("T")
 Apply = Callable[[sqlite3.Connection], Any]
 
 MAX_BATCH_OPS: Final = 5000  # bounds one transaction, hence the wait of the batch's first op
+# With a commit window, writes nobody awaits wait this long for one somebody does (`_schedule`).
+LAZY_WINDOW_S: Final = 0.02
 BUSY_TIMEOUT_MS: Final = 5000  # another process (offline `admin --db`) may hold the write lock
 EVENT_QUERY_MAX: Final = 1000
 _LIVE_STATES: Final = tuple(state.value for state in JobState if not state.is_terminal)
@@ -184,6 +186,8 @@ class _Writer:
 
     def __init__(self, path: str, busy_timeout_ms: int, window_s: float = 0.0) -> None:
         self.window_s = window_s
+        self.lazy_s = max(window_s, LAZY_WINDOW_S) if window_s > 0 else 0.0
+        self._send_due = 0.0  # loop time `_send_soon` fires at
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
         self._queue: collections.deque[_Op] = collections.deque()
@@ -239,11 +243,25 @@ class _Writer:
             _settle([_Outcome(op, error=self._gone or RuntimeError("store is closed"))])
             return
         self._queue.append(op)
-        if self._in_flight is None and self._send_soon is None:
-            self._send_soon = (
-                self._loop.call_later(self.window_s, self._send) if self.window_s > 0
-                else self._loop.call_soon(self._send)
-            )
+        if self._in_flight is None:
+            self._schedule(awaited=op.future is not None)
+
+    def _schedule(self, *, awaited: bool) -> None:
+        """Nothing is in flight: the queue goes `window_s` after its first awaited op, to gather
+        the ops that usually follow it, or `lazy_s` after its first op when nobody awaits one.
+        A write nobody waits for (a worker's status report) thus rides along with the next one
+        somebody does instead of starting a commit of its own in the middle of a dispatch."""
+        delay = self.window_s if awaited else self.lazy_s
+        due = self._loop.time() + delay
+        if self._send_soon is not None:
+            if self._send_due <= due:
+                return
+            self._send_soon.cancel()
+        self._send_due = due
+        self._send_soon = (
+            self._loop.call_later(delay, self._send) if delay > 0
+            else self._loop.call_soon(self._send)
+        )
 
     def send_now(self) -> None:
         """End the commit window early: see `SqliteStore.commit_soon`."""
@@ -315,10 +333,10 @@ class _Writer:
         _settle(ordered)
         if not self._queue:
             return
-        if self.window_s <= 0 or any(op.future is not None for op in self._queue):
-            self._send()  # someone waits: no window
-        else:  # fire-and-forget writes only: they wait for company, as on an idle writer
-            self._send_soon = self._loop.call_later(self.window_s, self._send)
+        if any(op.future is not None for op in self._queue):
+            self._send()  # someone has waited through the last commit: no window
+        else:
+            self._schedule(awaited=False)
 
     def lost(self, why: str) -> None:
         """The process is gone: what it was applying and everything queued fails."""
