@@ -179,9 +179,9 @@ class _Writer:
     each batch's ops with its outcomes.
 
     What is queued while a batch is being applied goes out as the next batch the moment the
-    reply arrives: group commit paced by the commits themselves. An op queued while the writer
-    is idle waits `window_s` (or the rest of this turn of the loop) for the ops that usually
-    follow it. Everything runs on the store's loop: no thread has to win the GIL back from the
+    reply arrives if anyone awaits an op in it: group commit paced by the commits themselves.
+    Otherwise, and while the writer is idle, `_schedule` decides how long the queue waits for
+    company. Everything runs on the store's loop: no thread has to win the GIL back from the
     loop between a batch and the next."""
 
     def __init__(self, path: str, busy_timeout_ms: int, window_s: float = 0.0) -> None:
