@@ -5,10 +5,18 @@ from __future__ import annotations
 import aiohttp
 import pytest
 from livekit import api
+from livekit.protocol import agent as pb
 from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
 from livekit.protocol.room import CreateRoomRequest, DeleteRoomRequest, ListRoomsRequest
 
-from tests.support.clients import admin, light_worker, lk_api, new_project, project_get
+from tests.support.clients import (
+    admin,
+    light_worker,
+    lk_api,
+    new_project,
+    project_get,
+    wait_for,
+)
 from tests.support.server import ServerProcess
 
 
@@ -140,4 +148,27 @@ async def test_event_log_filters_and_pages(
     assert page2["events"][0]["seq"] > page1["events"][-1]["seq"]
     status, body = await project_get(http, server, "/events?limit=abc")
     assert status == 400 and body["code"] == "invalid_argument"
+    await worker.close()
+
+
+async def test_the_event_log_shows_what_happened_before_the_read(
+    server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    """Status reports are written without anyone waiting for them (they may gather with later
+    writes for a while); a read of the log must still see them."""
+    worker = await light_worker(http, server, "reporter")
+    async with lk_api(server) as lkapi:
+        d = await lkapi.agent_dispatch.create_dispatch(
+            CreateAgentDispatchRequest(agent_name="reporter", room="report-room")
+        )
+    job_id = (await worker.next("assignment")).assignment.job.id
+    await worker.send(worker.proto.job_update(job_id, pb.JobStatus.JS_SUCCESS))
+
+    async def ended() -> bool:  # the dispatcher has it (the explain trace is read from memory)
+        _, trace = await project_get(http, server, f"/dispatches/{d.id}/explain")
+        return bool(trace["jobs"] and trace["jobs"][0]["state"] == "success")
+
+    await wait_for(ended)
+    _, body = await project_get(http, server, f"/events?job={job_id}")
+    assert "job.success" in [e["kind"] for e in body["events"]]
     await worker.close()

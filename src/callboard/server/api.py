@@ -141,6 +141,7 @@ async def list_events(request: web.Request) -> web.Response:
         limit=max(1, min(_int_query(request, "limit", 100), 1000)),
         kinds=tuple(k for k in q.get("kind", "").split(",") if k),
     )
+    await hub.store.flush()  # read your writes: lines submitted before this request are in it
     events = hub.store.query_events(query)
     next_after = events[-1].seq if events else query.after_seq
     return web.json_response({"events": [event_json(e) for e in events], "next_after": next_after})

@@ -192,6 +192,7 @@ async def get_usage(request: web.Request) -> web.Response:
     caller = authenticate(hub.store, request_token(request))
     require(caller, "room_admin", "room_list")
     since = parse_since(request.query.get("since"), hub.clock_ms())
+    await hub.store.flush()  # read your writes: usage submitted before this request counts
     rows = hub.store.query_usage(caller.project_id, since)
     developer = request.query.get("developer")
     if developer is not None:
