@@ -7,6 +7,7 @@ own, so the first call waits for one), a real `callboard server`, and a real `ca
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 
 from tests.support.calls import place_call
 from tests.support.cli import creds
+from tests.support.clients import project_get, wait_for
 from tests.support.echo_agents import EchoAgent, EchoFleet
 from tests.support.rtc import needs_netns
 from tests.support.server import DEV_KEY, DEV_SECRET, ServerProcess, free_port
@@ -42,6 +44,8 @@ async def test_the_example_runs_in_dev_and_start_and_answers_a_call(
     fleet = EchoFleet(server, tmp_path, [agent])
     try:
         await fleet.wait_registered(http, timeout_s=60)
+        if mode == "start":
+            await _calm(http, server, agent.worker_id)
         result = place_call(tmp_path, *creds(server), "--message", "hi", "--expect-reply",
                             "--timeout", "60", suffix="demo", timeout_s=120)
     finally:
@@ -53,3 +57,17 @@ async def test_the_example_runs_in_dev_and_start_and_answers_a_call(
     assert result.body["answered_by"]["agent_name"] == "echo-agent-demo"
     assert result.body["replies"][0]["text"] == "echo: hi"
     assert [j["room"] for j in agent.jobs()] == [result.body["room"]]
+
+
+async def _calm(http: aiohttp.ClientSession, server: ServerProcess, worker_id: str) -> None:
+    """In `start` mode livekit-agents declines offers while the machine's CPU is above its load
+    threshold (0.7), and its process pool starting up right after it registers is such a moment
+    on two busy cores; callboard then queues the job until the worker reports FULL and back or
+    another worker comes. Call once a periodic status report (every 2.5 s) shows it calm."""
+    await asyncio.sleep(3)
+
+    async def calm() -> bool:
+        _, body = await project_get(http, server, "/workers")
+        return any(w["id"] == worker_id and w["load"] < 0.5 for w in body["workers"])
+
+    await wait_for(calm, timeout_s=60, interval_s=0.5)

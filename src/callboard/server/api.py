@@ -105,7 +105,8 @@ async def explain_dispatch(request: web.Request) -> web.Response:
     jobs: list[JobRecord] = []
     if record is not None:
         jobs = list(hub.core.jobs_of_dispatch(dispatch_id))
-    else:
+    else:  # forgotten once ended and saved: the store has it, once what is queued is written
+        await hub.store.flush()
         record = hub.store.get_dispatch(caller.project_id, dispatch_id)
         if record is not None:
             jobs = [
