@@ -27,7 +27,7 @@ from callboard.dispatch.model import (
     RoomRef,
     trace_line,
 )
-from callboard.store import schema
+from callboard.store import child, schema
 from callboard.store import sqlite as sqlite_store
 from callboard.store.base import EventQuery, Room
 from callboard.store.sqlite import SqliteStore
@@ -637,6 +637,59 @@ async def test_the_writer_process_does_not_preempt_the_server_when_a_batch_wakes
     assert writer is not None
     assert os.sched_getscheduler(writer._proc.pid) == os.SCHED_BATCH
     assert os.sched_getscheduler(0) != os.SCHED_BATCH  # the server itself keeps its policy
+
+
+async def test_the_writer_process_starts_the_wal_writeback_after_its_commits(
+    store: SqliteStore, db: Path
+) -> None:
+    store.submit_event(event("first"))
+    await store.flush()
+    writer = store._writer
+    assert writer is not None
+    fds = Path(f"/proc/{writer._proc.pid}/fd")
+    assert Path(f"{db}-wal").resolve() in {fd.resolve() for fd in fds.iterdir()}
+
+
+def _pages_written() -> int:
+    """Pages the kernel has written to storage so far, machine-wide."""
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        name, _, value = line.partition(" ")
+        if name == "nr_written":
+            return int(value)
+    raise AssertionError("no nr_written in /proc/vmstat")
+
+
+def _on_tmpfs(path: Path) -> bool:
+    mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    best = max((m for m in mounts if str(path).startswith(m[1])), key=lambda m: len(m[1]))
+    return best[2] == "tmpfs"
+
+
+async def test_writeback_starts_writing_dirty_pages_at_once(tmp_path: Path) -> None:
+    """Dirty pages wait ~30 s for the kernel's own writeback (vm.dirty_expire_centisecs) unless
+    something starts it: 32 MiB written without fsync must reach the disk within seconds."""
+    if _on_tmpfs(tmp_path):
+        pytest.skip("tmpfs pages are never written back")
+    path = tmp_path / "file-wal"
+    size = 32 << 20
+    path.write_bytes(b"\x01" * size)
+    before = _pages_written()
+    writeback = child.Writeback(str(path))
+    try:
+        writeback.start()
+        await until(lambda: _pages_written() - before >= size // 4096 // 2, timeout_s=10)
+    finally:
+        writeback.close()
+
+
+def test_writeback_of_a_file_not_there_yet_waits_for_it(tmp_path: Path) -> None:
+    path = tmp_path / "file-wal"
+    writeback = child.Writeback(str(path))
+    writeback.start()  # SQLite has not created the WAL yet: nothing to do, no error
+    path.write_bytes(b"x")
+    writeback.start()
+    assert writeback._fd is not None
+    writeback.close()
 
 
 async def test_a_lost_writer_process_fails_writes_instead_of_hanging_them(db: Path) -> None:

@@ -22,7 +22,8 @@ Theory of operation:
   resolves, so it survives the process being killed; the WAL is fsynced at checkpoints, so a power
   cut may lose the last commits (the usual SQLite trade-off; `synchronous=FULL` would fsync every
   batch). Checkpoints run beside the commits, on a thread of the writer process
-  (`child.Checkpointer`), not inside them.
+  (`child.Checkpointer`), not inside them; after each commit the writer only asks the kernel to
+  start writing the new WAL pages (`child.Writeback`), so that a checkpoint's fsync stays short.
 - Reads. A second connection, shared by threads under a lock, queries synchronously in the caller's
   thread: reads are small, indexed and paged, and a WAL reader never waits for the writer.
 - API keys. `get_key` runs on every request, so non-revoked keys live in memory, loaded at open and
