@@ -261,6 +261,37 @@ async def test_sweep_deletes_old_events_only(store: SqliteStore) -> None:
     assert [e.at_ms for e in store.query_events(EventQuery(project_id="P_a"))] == [30, 40]
 
 
+async def test_sweep_walks_the_log_in_order_of_arrival(store: SqliteStore) -> None:
+    """Lines are old up to the first one that stays: one stamped earlier than a line before it
+    (the clock stepped back) waits for a later sweep."""
+    for at_ms in (10, 20, 40, 15, 50):
+        store.submit_event(event(at_ms=at_ms))
+    await store.flush()
+    assert await store.sweep(events_before_ms=30) == 2
+    assert [e.at_ms for e in store.query_events(EventQuery(project_id="P_a"))] == [40, 15, 50]
+    assert await store.sweep(events_before_ms=45) == 2
+    assert await store.sweep(events_before_ms=100) == 1  # all old: the whole log goes
+    assert store.query_events(EventQuery(project_id="P_a")) == []
+    store.submit_event(event(at_ms=200))
+    await store.flush()
+    assert [e.at_ms for e in store.query_events(EventQuery(project_id="P_a"))] == [200]
+
+
+def test_log_lookups_use_their_indexes(db: Path) -> None:
+    """The event log is paged by project, room or job; none of these may scan the table."""
+    conn = sqlite3.connect(db)
+    try:
+        schema.migrate(conn)
+        for column in ("room_name", "job_id", None):
+            query = EventQuery(project_id="P_a", **({column: "x"} if column else {}))
+            sql, params = sqlite_store._event_query_sql(query)
+            plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+            index = {"room_name": "events_room", "job_id": "events_job"}.get(column or "", "")
+            assert plan.startswith("SEARCH events USING INDEX " + (index or "events_project"))
+    finally:
+        conn.close()
+
+
 async def test_reads_work_from_other_threads(store: SqliteStore) -> None:
     p = await store.create_project("threads")
     await store.add_key(p.project_id, key="k1", secret="s1")
@@ -400,6 +431,27 @@ async def test_older_schema_is_migrated_with_its_data(db: Path) -> None:
         s.submit_job(job(project_id="P_old"))
         await s.flush()
         assert s.job_history("P_old", "AJ_1") == [("pending", 1_000)]
+    finally:
+        await s.close()
+
+
+async def test_a_version_4_log_keeps_its_lines_and_lookups(db: Path) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    assert schema.migrate(conn, schema.MIGRATIONS[:4]) == 4
+    insert = "INSERT INTO events (project_id, kind, at_ms, level, message, job_id) VALUES " \
+        "('P_a', ?, ?, 'info', '', ?)"
+    conn.executemany(insert, [("dispatch.created", 1, ""), ("job.assigned", 2, "AJ_1"),
+                              ("job.running", 3, "AJ_1"), ("job.assigned", 4, "AJ_2")])
+    conn.close()
+
+    s = SqliteStore(str(db))
+    await s.open()
+    try:
+        assert user_version(db) == schema.LATEST
+        assert [e.kind for e in s.query_events(EventQuery(project_id="P_a", job_id="AJ_1"))] == [
+            "job.assigned", "job.running"
+        ]
+        assert len(s.query_events(EventQuery(project_id="P_a"))) == 4
     finally:
         await s.close()
 
