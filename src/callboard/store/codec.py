@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from typing import Any, Final
 
 from callboard.dispatch.model import (
@@ -48,9 +49,9 @@ EVENT_COLUMNS: Final = (
 )
 
 
-def _dumps(value: Any) -> str:
-    # default=str: a trace detail that is not JSON-native is diagnostic text, not worth a lost save.
-    return json.dumps(value, separators=(",", ":"), default=str)
+# default=str: a trace detail that is not JSON-native is diagnostic text, not worth a lost save.
+# Built once: json.dumps with any option builds a new encoder per call, ~2 us of a few per row.
+_dumps: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 def project_from_row(row: sqlite3.Row) -> Project:
