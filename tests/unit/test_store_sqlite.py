@@ -943,6 +943,31 @@ async def test_after_a_commit_only_awaited_writes_skip_the_window(db: Path) -> N
         await s.close()
 
 
+async def test_a_commit_s_waiters_resume_before_the_next_batch_is_sent(db: Path) -> None:
+    """What the waiters do next (under load: reply to a caller, who then sends more work) goes
+    before the event loop encodes the batch that queued behind the commit."""
+    s = SqliteStore(str(db), commit_window_s=30.0)
+    await s.open()
+    seen: list[int] = []
+
+    async def first() -> None:
+        await s.flush()
+        seen.append(s.stats.batches)
+
+    try:
+        s.submit_event(event("first"))
+        waiter = asyncio.ensure_future(first())
+        await asyncio.sleep(0)  # its flush is queued
+        s.commit_soon()
+        before = s.stats.batches  # in flight now
+        second = asyncio.ensure_future(s.create_project("queued behind"))
+        await asyncio.wait_for(asyncio.gather(waiter, second), 5)
+        assert seen == [before]  # the next batch had not been sent yet
+        assert s.stats.batches == before + 1
+    finally:
+        await s.close()
+
+
 async def test_writes_nobody_awaits_wait_for_one_somebody_does(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

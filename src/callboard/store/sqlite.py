@@ -179,8 +179,9 @@ class _Writer:
     """Feeds the writer process (`child`) from the event loop, one batch at a time, and settles
     each batch's ops with its outcomes.
 
-    What is queued while a batch is being applied goes out as the next batch the moment the
-    reply arrives if anyone awaits an op in it: group commit paced by the commits themselves.
+    What is queued while a batch is being applied goes out as the next batch once the reply has
+    arrived and its waiters have run, if anyone awaits an op in it: group commit paced by the
+    commits themselves.
     Otherwise, and while the writer is idle, `_schedule` decides how long the queue waits for
     company. Everything runs on the store's loop: no thread has to win the GIL back from the
     loop between a batch and the next."""
@@ -335,7 +336,11 @@ class _Writer:
         if not self._queue:
             return
         if any(op.future is not None for op in self._queue):
-            self._send()  # someone has waited through the last commit: no window
+            # Someone has waited through the last commit: no window. Yet after the callbacks
+            # that the settled futures scheduled, so the replies go out before the next batch
+            # is encoded.
+            self._send_due = self._loop.time()
+            self._send_soon = self._loop.call_soon(self._send)
         else:
             self._schedule(awaited=False)
 
