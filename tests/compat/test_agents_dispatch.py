@@ -157,6 +157,25 @@ async def test_dispatch_created_before_any_worker_runs_when_it_registers(
     assert ended[early.id]["jobs"][0]["worker_id"] == agent.worker_id
 
 
+async def test_a_lone_worker_that_declined_is_asked_again_when_it_reports_available(
+    server: ServerProcess, http: aiohttp.ClientSession, fleet: AgentFleet, lk: api.LiveKitAPI
+) -> None:
+    """livekit-agents declines a job it cannot take now (its load, or the agent's own request
+    handler) without ever reporting FULL; its periodic status report brings the job back."""
+    agent = fleet.start("moody-agent", decline=1)
+    await fleet.wait_registered(http, [agent])
+    started = time.monotonic()
+    made = await lk.agent_dispatch.create_dispatch(
+        CreateAgentDispatchRequest(agent_name="moody-agent", room="moody-room"))
+    await wait_jobs([agent], [1], timeout_s=30)
+    assert time.monotonic() - started < 20  # a few status reports, not the 10 min pending TTL
+    assert [r["event"] for r in agent.records() if r["event"] in ("declined", "job")] == [
+        "declined", "job"]
+    whats = [t["what"] for t in (await explain(http, server, made.id))["trace"]]
+    assert whats.index("declined") < whats.index("queued") < whats.index("retry") < whats.index(
+        "assigned"), whats
+
+
 async def test_developer_key_dispatches_reach_only_that_developers_worker(
     server: ServerProcess, http: aiohttp.ClientSession, fleet: AgentFleet
 ) -> None:

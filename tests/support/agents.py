@@ -115,7 +115,7 @@ class AgentFleet:
     workers: list[AgentProcess] = field(default_factory=list)
 
     def start(self, name: str = "", key: str = DEV_KEY, secret: str = DEV_SECRET,
-              load: float | None = None, hold: bool = False) -> AgentProcess:
+              load: float | None = None, hold: bool = False, decline: int = 0) -> AgentProcess:
         """Start one worker process (returns at once; see `wait_registered`)."""
         n = len(self.workers)
         label = f"agent{n}-{name or 'unnamed'}"
@@ -125,6 +125,8 @@ class AgentFleet:
                 "--log", str(worker.log_path)]
         if load is not None:
             args += ["--load", repr(load)]
+        if decline:
+            args += ["--decline", str(decline)]
         if hold:
             worker.hold_dir = self.base / f"{label}-hold"
             worker.hold_dir.mkdir()

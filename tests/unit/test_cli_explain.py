@@ -147,6 +147,7 @@ def test_every_trace_kind_has_words() -> None:
         "redispatched": {"from_job": "J1", "job": "J2", "attempt": 2},
         "restored": {"job": "J", "state_before": "running"},
         "ended": {"job": "J", "state": "failed", "error": "boom"},
+        "retry": {"job": "J", "worker": "W", "declines": 2},
     }
     words = {what: explain.describe({"what": what, "detail": d}) for what, d in entries.items()}
     assert words == {
@@ -158,6 +159,8 @@ def test_every_trace_kind_has_words() -> None:
         "redispatched": "J1 is dispatched again as job J2 (attempt 2)",
         "restored": "server restarted; job J was running",
         "ended": "job J ended failed: boom",
+        "retry": "worker W declined job J before and reports itself available: asked again "
+                 "(2 declines so far)",
     }
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from callboard.dispatch.core import Dispatcher
+from callboard.dispatch.core import REOFFER_FIRST_MS, Dispatcher
 from callboard.dispatch.model import (
     Action,
     AvailabilityAnswered,
@@ -618,6 +618,47 @@ def test_a_decliner_is_asked_again_after_going_full_and_back() -> None:
     assert of(rig.status("AW_a", WorkerStatus.AVAILABLE, 0.1), SendAvailabilityRequest) == []
     rig.status("AW_a", WorkerStatus.FULL, 1.0)
     assert rig.offered(rig.status("AW_a", WorkerStatus.AVAILABLE, 0.1)) == ("AW_a", job_id)
+
+
+def test_a_decliner_reporting_available_is_asked_again_after_a_backoff() -> None:
+    """livekit-agents declines above its load threshold without reporting FULL: its next
+    AVAILABLE report, once the backoff has passed, gets the job offered again."""
+    rig = Rig()
+    rig.register("AW_a")
+    worker_id, job_id = rig.offered(rig.create("AD_1"))
+    rig.answer(worker_id, job_id, available=False)
+    rig.now += REOFFER_FIRST_MS - 1
+    assert of(rig.status("AW_a", WorkerStatus.AVAILABLE, 0.2), SendAvailabilityRequest) == []
+    rig.now += 1
+    assert rig.offered(rig.status("AW_a", WorkerStatus.AVAILABLE, 0.2)) == ("AW_a", job_id)
+    assert ("retry", {"job": job_id, "worker": "AW_a", "declines": 1}) in rig.trace("AD_1")
+    rig.answer("AW_a", job_id)
+    assert rig.job_of("AD_1").state is JobState.ASSIGNED
+
+
+def test_the_backoff_doubles_with_each_decline_up_to_its_cap() -> None:
+    rig = Rig(pending_ttl_ms=3_600_000)
+    rig.register("AW_a")
+    worker_id, job_id = rig.offered(rig.create("AD_1"))
+    waits = []
+    for _ in range(8):
+        rig.answer(worker_id, job_id, available=False)
+        waited = 0
+        while not of(rig.status("AW_a", WorkerStatus.AVAILABLE, 0.2), SendAvailabilityRequest):
+            rig.now += 1000
+            waited += 1000
+        waits.append(waited)
+    assert waits == [2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
+
+
+def test_a_full_decliner_is_not_asked_again_until_it_is_available() -> None:
+    rig = Rig()
+    rig.register("AW_a")
+    worker_id, job_id = rig.offered(rig.create("AD_1"))
+    rig.answer(worker_id, job_id, available=False)
+    rig.now += 10 * REOFFER_FIRST_MS
+    assert of(rig.status("AW_a", WorkerStatus.FULL, 0.9), SendAvailabilityRequest) == []
+    assert rig.job_of("AD_1").state is JobState.PENDING
 
 
 def test_a_new_worker_is_untried() -> None:

@@ -69,6 +69,9 @@ def describe(entry: Json) -> str:
         return f"worker {worker} {_DECLINED[what]}{after}{why}"
     if what == "queued":
         return f"{job} waits: {detail.get('why', '')}"
+    if what == "retry":
+        return (f"worker {worker} declined {job} before and reports itself available: asked again "
+                f"({detail.get('declines', '?')} declines so far)")
     if what == "assigned":
         return (f"worker {worker} took {job} as {detail.get('identity', '?')}, "
                 f"{detail.get('elapsed_ms', '?')} ms after the dispatch was created")

@@ -13,12 +13,13 @@ JT_PARTICIPANT job for that participant, when the agent has JT_PARTICIPANT worke
 — at most one live job per participant, and each runs through the same machinery. A job is offered
 to one matching AVAILABLE worker at a time, chosen by load (`selection`); a decline or a silent
 worker passes it to the next untried one. Where LiveKit would drop it, callboard queues it: the job
-waits (`PENDING`) until a matching worker registers or comes back from FULL, and expires only after
-the pending TTL. When a worker's connection drops, its jobs are `ORPHANED` for a grace window in
-which the reconnected worker may migrate them back (same job, same attempt); past it the job fails
-and the dispatch gets one more attempt as a new job. Every step lands in the dispatch's explain
-trace and the project's event log. Job states move only through the table in `states`; `ledger`
-holds the mutable bookkeeping.
+waits (`PENDING`) until a matching worker registers or comes back from FULL, or a worker that
+declined it reports itself AVAILABLE once a backoff has passed (`REOFFER_FIRST_MS`, doubling per
+decline), and expires only after the pending TTL. When a worker's connection drops, its jobs are
+`ORPHANED` for a grace window in which the reconnected worker may migrate them back (same job, same
+attempt); past it the job fails and the dispatch gets one more attempt as a new job. Every step
+lands in the dispatch's explain trace and the project's event log. Job states move only through
+the table in `states`; `ledger` holds the mutable bookkeeping.
 
 Timers: each job has at most one deadline (`next_deadline_ms`); the transport feeds a `Tick` when it
 is reached, and the job's state then says what the deadline meant.
@@ -30,7 +31,7 @@ import dataclasses
 import itertools
 import random
 from collections.abc import Iterator
-from typing import Any, assert_never
+from typing import Any, Final, assert_never
 
 from callboard.dispatch import eventlog, trace
 from callboard.dispatch.ledger import DispatchEntry, JobEntry, Outbox, Timers, WorkerEntry
@@ -73,6 +74,10 @@ from callboard.protocol import ids
 from callboard.protocol.errors import WS_POLICY_VIOLATION
 
 _ON_WORKER = (JobState.OFFERED, JobState.ASSIGNED, JobState.RUNNING)
+# A worker that declined a job is asked again at a status report of AVAILABLE no sooner than this
+# after the decline, then twice as long after each further decline, up to REOFFER_MAX_MS.
+REOFFER_FIRST_MS: Final = 2_000
+REOFFER_MAX_MS: Final = 60_000
 _DECLINES = {
     "declined": "declined the job",
     "timeout": "did not answer in time",
@@ -244,8 +249,35 @@ class Dispatcher:
         if (worker.status, worker.load) != before:
             self._pool_changed(worker.key)
         worker.job_count = event.job_count
-        if was_full and worker.status is WorkerStatus.AVAILABLE:
+        if worker.status is not WorkerStatus.AVAILABLE:
+            return
+        if was_full:
             self._serve_queue(worker, event.now_ms, forgive=True)
+        else:
+            self._retry_declined(worker, event.now_ms)
+
+    def _retry_declined(self, worker: WorkerEntry, now: int) -> None:
+        """Ask a worker again for the queued jobs it declined, once each job's backoff passed.
+
+        A decline is often a moment's load: livekit-agents declines above its load threshold
+        without reporting FULL (its pool starting up is such a moment), so the job would wait for
+        a FULL and back that never comes. The backoff keeps a worker that always declines a job
+        from being asked more than a few times a minute."""
+        queued = self._pending.get(worker.key)
+        if not queued:
+            return
+        worker_id = worker.worker_id
+        due = [
+            job for job in map(self._jobs.__getitem__, queued)
+            if worker_id in job.tried and now >= job.retry_at_ms
+        ]
+        for job in sorted(due, key=lambda j: j.seq):
+            if job.rec.state is not JobState.PENDING:
+                continue
+            job.tried = job.tried - {worker_id}
+            detail = {"job": job.job_id, "worker": worker_id, "declines": job.declines}
+            self._trace(job, now, "retry", detail)
+            self._try_offer(job, now)
 
     def _serve_queue(self, worker: WorkerEntry, now: int, *, forgive: bool = False) -> None:
         """Offer the worker's queued jobs, oldest first; `forgive` forgets its earlier declines."""
@@ -567,6 +599,8 @@ class Dispatcher:
         message = f"worker {worker_id} {_DECLINES[what]}" + (f": {reason}" if reason else "")
         self._job_event("job.declined", job, message, now)
         job.tried = job.tried | {worker_id}
+        job.declines += 1
+        job.retry_at_ms = now + min(REOFFER_MAX_MS, REOFFER_FIRST_MS << min(job.declines - 1, 8))
         self._move(job, Trigger.DECLINE, now, worker_id="")
         self._try_offer(job, now)
 

@@ -60,6 +60,8 @@ class JobEntry:
     # keeps the shared empty set, one object fewer per live job for the GC to walk.
     tried: frozenset[str] = frozenset()
     waiting_why: str = ""  # the last reason it was queued, quoted when it expires
+    declines: int = 0  # declines and silences of this attempt, by any worker
+    retry_at_ms: int = 0  # from then on, a decliner reporting itself AVAILABLE is asked again
 
     @property
     def job_id(self) -> str:
