@@ -253,7 +253,10 @@ class _Writer:
         the ops that usually follow it, or `lazy_s` after its first op when nobody awaits one.
         A write nobody waits for (a worker's status report) thus rides along with the next one
         somebody does instead of starting a commit of its own in the middle of a dispatch."""
-        delay = self.window_s if awaited else self.lazy_s
+        self._send_after(self.window_s if awaited else self.lazy_s)
+
+    def _send_after(self, delay: float) -> None:
+        """Send the queue `delay` from now, unless it is due sooner already."""
         due = self._loop.time() + delay
         if self._send_soon is not None:
             if self._send_due <= due:
@@ -339,8 +342,7 @@ class _Writer:
             # Someone has waited through the last commit: no window. Yet after the callbacks
             # that the settled futures scheduled, so the replies go out before the next batch
             # is encoded.
-            self._send_due = self._loop.time()
-            self._send_soon = self._loop.call_soon(self._send)
+            self._send_after(0.0)
         else:
             self._schedule(awaited=False)
 
