@@ -917,22 +917,17 @@ async def test_after_a_commit_only_awaited_writes_skip_the_window(db: Path) -> N
     s = SqliteStore(str(db), commit_window_s=30.0)
     await s.open()
 
-    async def commits_reach(n: int) -> None:
-        async with asyncio.timeout(5):
-            while s.stats.commits < n:
-                await asyncio.sleep(0.005)
-
     try:
         base = s.stats.commits
         s.submit_event(event("first"))
         s.commit_soon()  # in flight now
         s.submit_event(event("unawaited"))  # queued behind it, nobody waits
-        await commits_reach(base + 1)
+        await until(lambda: s.stats.commits >= base + 1)
         await asyncio.sleep(0.1)
         assert s.stats.commits == base + 1  # the unawaited write waits for company
         s.submit_event(event("awaited"))
         s.commit_soon()
-        await commits_reach(base + 2)
+        await until(lambda: s.stats.commits >= base + 2)
         s.submit_event(event("then"))
         s.commit_soon()  # in flight again
         flushed = asyncio.ensure_future(s.flush())  # queued behind it, awaited
