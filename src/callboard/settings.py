@@ -35,7 +35,11 @@ class Settings:
     redispatch_grace_s: float = 10.0
     """After a worker's connection drops, how long its jobs wait for it to migrate them back."""
     redispatch_count: int = 1
-    """How many times a job whose worker never came back is dispatched again."""
+    """How many times a failed job is dispatched again: its worker did not come back, or never
+    reported it running."""
+    job_start_timeout_s: float = 60.0
+    """An assigned job whose worker reports nothing of it (running, or an end) within this long
+    fails; the worker is told to stop it and the dispatch gets its next attempt. 0: wait forever."""
     register_timeout_s: float = 10.0
     """A worker must send `register` within this long after connecting."""
     ping_interval_s: float = 10.0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import aiohttp
 import jwt
+from livekit.protocol import agent as pb
 from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
 
 from callboard.client.worker import LightWorker, WorkerProtocol
@@ -68,6 +70,59 @@ async def test_worker_that_never_returns_has_its_job_redispatched_once(
     assert states[first.job.id] == "failed" and states[second.job.id] in ("assigned", "running")
     assert "redispatched" in [t["what"] for t in trace["trace"]]
     await rescuer.close()
+
+
+class _Mute(WorkerProtocol):
+    """Says nothing of the jobs it takes, as livekit-agents does of one its process pool failed
+    to start."""
+
+    def receive(self, msg: pb.ServerMessage) -> list[pb.WorkerMessage]:
+        replies = super().receive(msg)
+        return [r for r in replies if r.WhichOneof("message") != "update_job"]
+
+
+async def test_a_job_never_reported_running_is_stopped_and_dispatched_again(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    server = ServerProcess(db=tmp_path / "mute.db", env={"CALLBOARD_JOB_START_TIMEOUT_S": "2"})
+    server.start()
+    try:
+        proto = _Mute("mute")
+        proto.decide = lambda job: not proto.assignments  # its first job only
+        mute = await light_worker(http, server, "mute", proto=proto)
+        async with lk_api(server) as lkapi:
+            d = await lkapi.agent_dispatch.create_dispatch(
+                CreateAgentDispatchRequest(agent_name="mute", room="mute-room")
+            )
+        first = (await mute.next("assignment")).assignment
+        healthy = await light_worker(http, server, "mute")
+        started = time.monotonic()
+        stop = (await mute.next("termination", timeout=10)).termination
+        assert stop.job_id == first.job.id
+        assert time.monotonic() - started < 5
+        second = (await healthy.next("assignment", timeout=10)).assignment
+        assert second.job.dispatch_id == d.id and second.job.id != first.job.id
+        claims = jwt.decode(second.token, DEV_SECRET, algorithms=["HS256"])
+        assert claims["callboard"]["attempt"] == 2
+        await wait_for(lambda: _job_worker(http, server, d.id, healthy.proto.worker_id))
+        _, trace = await project_get(http, server, f"/dispatches/{d.id}/explain")
+        failed = trace["jobs"][0]
+        assert (failed["job_id"], failed["state"]) == (first.job.id, "failed")
+        assert failed["error"] == (
+            f"worker {mute.proto.worker_id} did not report the job running within 2 s of its"
+            " assignment"
+        )
+        _, log = await project_get(http, server, f"/events?job={first.job.id}")
+        assert "job.failed" in [e["kind"] for e in log["events"]]
+        # Its copy starting late is taken calmly: the worker stays connected.
+        await mute.send(mute.proto.job_update(first.job.id, pb.JobStatus.JS_RUNNING))
+        await mute.send(mute.proto.status(0.0))
+        await asyncio.sleep(0.3)
+        assert mute.ws is not None and not mute.ws.closed and mute.close_code is None
+        await mute.close()
+        await healthy.close()
+    finally:
+        server.stop()
 
 
 async def test_server_killed_and_restarted_loses_no_record(

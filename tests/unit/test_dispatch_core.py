@@ -237,7 +237,13 @@ def chi_square(observed: Counter[str], weights: Mapping[str, float]) -> float:
 
 @pytest.mark.parametrize(
     "setting",
-    ["availability_timeout_ms", "pending_ttl_ms", "redispatch_grace_ms", "redispatch_count"],
+    [
+        "availability_timeout_ms",
+        "pending_ttl_ms",
+        "redispatch_grace_ms",
+        "redispatch_count",
+        "start_timeout_ms",
+    ],
 )
 def test_negative_settings_are_refused(setting: str) -> None:
     with pytest.raises(ValueError, match=setting):
@@ -458,7 +464,7 @@ def test_accept_assigns_with_default_identity() -> None:
     assert job is not None and job.state is JobState.ASSIGNED
     assert job.participant_identity == f"agent-{job_id}"
     assert event_of(actions, "dispatch.assigned").worker_id == "AW_a"
-    assert rig.d.next_deadline_ms() is None
+    assert rig.d.next_deadline_ms() == rig.now + 60_000  # the start timeout, by default
     view = rig.d.worker("AW_a")
     assert view is not None and view.job_ids == (job_id,)
 
@@ -859,6 +865,68 @@ def test_past_grace_the_job_fails_and_the_dispatch_gets_one_more_attempt() -> No
     assert kinds(actions) == ["job.failed"]
     assert len(rig.d.jobs_of_dispatch("AD_1")) == 2
     assert rig.d.next_deadline_ms() is None
+
+
+def test_a_job_never_reported_running_fails_is_stopped_and_gets_one_more_attempt() -> None:
+    # livekit-agents 1.8.9 can accept a job and then lose it in its process pool, silently.
+    rig = Rig(start_timeout_ms=30_000, redispatch_count=1)
+    rig.register("AW_a")
+    _, first_job = rig.assign("AD_1")
+    rig.register("AW_b")
+    assert rig.later(29_999) == []
+    actions = rig.later(1)
+    stop = one(actions, SendTermination)
+    assert (stop.worker_id, stop.job_id) == ("AW_a", first_job)
+    failed = rig.d.job(first_job)
+    assert failed is not None and failed.state is JobState.FAILED
+    assert failed.error == (
+        "worker AW_a did not report the job running within 30 s of its assignment"
+    )
+    assert kinds(actions) == ["job.failed", "job.redispatched", "job.offered"]
+    assert event_of(actions, "job.failed").level == "error"
+    second = rig.job_of("AD_1", attempt=2)
+    assert one(actions, SendAvailabilityRequest).offer.job_id == second.job_id
+    assert rig.whats("AD_1")[3:] == ["assigned", "ended", "redispatched", "candidates", "offered"]
+    # The old copy starting after all is its worker's last word on it, not a protocol error.
+    late = rig.report("AW_a", first_job, ReportedJobStatus.RUNNING)
+    assert of(late, CloseWorker) == []
+    failed = rig.d.job(first_job)
+    assert failed is not None and failed.state is JobState.FAILED
+    # The second attempt is silent too: it fails, and there is no third.
+    worker_id, _ = rig.offered(actions)
+    rig.answer(worker_id, second.job_id)
+    actions = rig.later(30_000)
+    assert kinds(actions) == ["job.failed"]
+    assert len(rig.d.jobs_of_dispatch("AD_1")) == 2
+    assert rig.d.next_deadline_ms() is None
+
+
+@pytest.mark.parametrize(
+    "status, state",
+    [(ReportedJobStatus.RUNNING, JobState.RUNNING), (ReportedJobStatus.SUCCESS, JobState.SUCCESS)],
+)
+def test_any_report_on_an_assigned_job_ends_its_start_timeout(
+    status: ReportedJobStatus, state: JobState
+) -> None:
+    rig = Rig(start_timeout_ms=30_000)
+    rig.register("AW_a")
+    worker_id, job_id = rig.assign("AD_1")
+    rig.later(29_000)
+    rig.report(worker_id, job_id, status)
+    assert rig.d.next_deadline_ms() is None
+    assert rig.later(60_000) == []
+    job = rig.d.job(job_id)
+    assert job is not None and job.state is state
+
+
+def test_a_start_timeout_of_zero_waits_for_the_worker_forever() -> None:
+    rig = Rig(start_timeout_ms=0)
+    rig.register("AW_a")
+    _, job_id = rig.assign("AD_1")
+    assert rig.d.next_deadline_ms() is None
+    assert rig.later(86_400_000) == []
+    job = rig.d.job(job_id)
+    assert job is not None and job.state is JobState.ASSIGNED
 
 
 def test_redispatch_with_no_worker_left_queues() -> None:
@@ -1616,7 +1684,9 @@ class Model:
         waiting = [
             j
             for j in (self.d.job(i) for i in self.job_ids())
-            if j and j.state in (JobState.PENDING, JobState.OFFERED, JobState.ORPHANED)
+            if j
+            and j.state
+            in (JobState.PENDING, JobState.OFFERED, JobState.ASSIGNED, JobState.ORPHANED)
         ]
         assert (deadline is None) == (not waiting)
 

@@ -26,6 +26,7 @@ def test_defaults() -> None:
     assert (s.host, s.port, s.db, s.dev, s.log_level) == (
         "127.0.0.1", 7880, "./callboard.db", False, "info")
     assert (s.availability_timeout_s, s.pending_ttl_s, s.redispatch_grace_s) == (5.0, 600.0, 10.0)
+    assert s.job_start_timeout_s == 60.0
     assert (s.redispatch_count, s.register_timeout_s, s.drain_timeout_s) == (1, 10.0, 30.0)
     assert s.ice_servers == () and s.admin_token == "" and s.extra == {}
     assert s.url == "ws://127.0.0.1:7880"

@@ -20,6 +20,9 @@ decline), and expires only after the pending TTL. When a worker's connection dro
 attempt); past it the job fails and the dispatch gets one more attempt as a new job. Every step
 lands in the dispatch's explain trace and the project's event log. Job states move only through
 the table in `states`; `ledger` holds the mutable bookkeeping.
+An assigned job whose worker says nothing of it (no running, no end) within the start timeout
+fails the same way, and the worker is told to stop it: livekit-agents can lose a job it accepted
+when its process pool fails to start one, and never reports it.
 
 Timers: each job has at most one deadline (`next_deadline_ms`); the transport feeds a `Tick` when it
 is reached, and the job's state then says what the deadline meant.
@@ -95,6 +98,7 @@ class Dispatcher:
         pending_ttl_ms: int = 600_000,
         redispatch_grace_ms: int = 10_000,
         redispatch_count: int = 1,
+        start_timeout_ms: int = 60_000,
         rng: random.Random | None = None,
     ) -> None:
         for name, value in (
@@ -102,6 +106,7 @@ class Dispatcher:
             ("pending_ttl_ms", pending_ttl_ms),
             ("redispatch_grace_ms", redispatch_grace_ms),
             ("redispatch_count", redispatch_count),
+            ("start_timeout_ms", start_timeout_ms),
         ):
             if value < 0:
                 raise ValueError(f"{name} must not be negative, got {value}")
@@ -109,6 +114,7 @@ class Dispatcher:
         self._pending_ttl_ms = pending_ttl_ms
         self._grace_ms = redispatch_grace_ms
         self._redispatch_count = redispatch_count
+        self._start_timeout_ms = start_timeout_ms  # 0: an assigned job waits for its worker forever
         self._rng = rng if rng is not None else random.Random()
         self._workers: dict[str, WorkerEntry] = {}
         self._pools: dict[PoolKey, dict[str, None]] = {}  # matching workers, by key
@@ -565,6 +571,8 @@ class Dispatcher:
         now = answer.now_ms
         identity = answer.participant_identity or f"agent-{job.job_id}"
         self._move(job, Trigger.ACCEPT, now, participant_identity=identity)
+        if self._start_timeout_ms:
+            self._timers.set(job.job_id, now + self._start_timeout_ms)
         elapsed = now - self._asked_at(job)
         detail = {"job": job.job_id, "worker": answer.worker_id, "identity": identity}
         self._trace(job, now, "assigned", detail | {"elapsed_ms": elapsed})
@@ -687,6 +695,8 @@ class Dispatcher:
                 self._expire(job, event.now_ms)
             elif job.rec.state is JobState.ORPHANED:
                 self._grace_over(job, event.now_ms)
+            elif job.rec.state is JobState.ASSIGNED:
+                self._start_overdue(job, event.now_ms)
 
     def _expire(self, job: JobEntry, now: int) -> None:
         waited = _secs(now - self._pending_since(job))
@@ -696,6 +706,22 @@ class Dispatcher:
     def _grace_over(self, job: JobEntry, now: int) -> None:
         why = f"worker {job.rec.worker_id} did not come back within {_secs(self._grace_ms)} s"
         self._end(job, Trigger.GRACE_EXPIRED, now, why, "job.failed", "error")
+        self._redispatch(job, now)
+
+    def _start_overdue(self, job: JobEntry, now: int) -> None:
+        """Assigned, and its worker has said nothing of it since: fail it rather than let the
+        dispatch sit there. The worker's copy is stopped, should it start after all."""
+        worker_id = job.rec.worker_id
+        self._stop(worker_id, job.job_id)
+        why = (
+            f"worker {worker_id} did not report the job running within"
+            f" {_secs(self._start_timeout_ms)} s of its assignment"
+        )
+        self._end(job, Trigger.START_TIMEOUT, now, why, "job.failed", "error")
+        self._redispatch(job, now)
+
+    def _redispatch(self, job: JobEntry, now: int) -> None:
+        """A failed attempt's dispatch gets the next one, up to `redispatch_count` more."""
         dispatch = self._dispatches[job.rec.dispatch_id]
         if job.rec.attempt > self._redispatch_count or dispatch.deleted:
             return

@@ -32,6 +32,7 @@ class Trigger(enum.Enum):
     WORKER_LOST = "worker_lost"  # the holding worker's connection dropped
     MIGRATE = "migrate"  # a reconnected worker still runs the job
     GRACE_EXPIRED = "grace_expired"  # the worker did not come back in time
+    START_TIMEOUT = "start_timeout"  # assigned, but the worker never reported on the job in time
     TTL_EXPIRED = "ttl_expired"  # waited in the queue longer than the pending TTL
     TERMINATE = "terminate"  # its dispatch or room was deleted
     RESTORE = "restore"  # the server restarted; nothing live survived
@@ -55,6 +56,7 @@ TRANSITIONS: Final[Mapping[tuple[JobState, Trigger], JobState]] = MappingProxyTy
         (_S.ASSIGNED, _T.REPORT_SUCCESS): _S.SUCCESS,
         (_S.ASSIGNED, _T.REPORT_FAILED): _S.FAILED,
         (_S.ASSIGNED, _T.WORKER_LOST): _S.ORPHANED,
+        (_S.ASSIGNED, _T.START_TIMEOUT): _S.FAILED,
         (_S.ASSIGNED, _T.TERMINATE): _S.TERMINATED,
         (_S.ASSIGNED, _T.RESTORE): _S.ORPHANED,
         (_S.RUNNING, _T.REPORT_RUNNING): _S.RUNNING,

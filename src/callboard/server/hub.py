@@ -73,6 +73,7 @@ class Hub:
             pending_ttl_ms=int(settings.pending_ttl_s * 1000),
             redispatch_grace_ms=int(settings.redispatch_grace_s * 1000),
             redispatch_count=settings.redispatch_count,
+            start_timeout_ms=int(settings.job_start_timeout_s * 1000),
             rng=rng,
         )
         self.node_id = ids.new_id("ND_")
