@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
 import aiohttp
 import jwt
+import pytest
+from livekit.api import TwirpError
 from livekit.protocol import agent as pb
 from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
 
@@ -123,6 +127,48 @@ async def test_a_job_never_reported_running_is_stopped_and_dispatched_again(
         await healthy.close()
     finally:
         server.stop()
+
+
+def _writer_pid(server_pid: int) -> int:
+    """The store's writer process: the server's child running `callboard.store.child`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == server_pid and b"callboard.store.child" in cmdline:
+            return int(entry.name)
+    raise AssertionError(f"no writer process under server {server_pid}")
+
+
+async def test_a_store_that_fails_for_good_fails_calls_and_the_health_check(
+    server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    """A writer process that dies seconds after starting is not replaced (it would die again):
+    calls fail with an error instead of hanging, `GET /` says why, and the exit code is 1, for
+    whatever supervises the server."""
+    assert server.proc is not None
+    os.kill(_writer_pid(server.proc.pid), signal.SIGKILL)
+
+    async def unhealthy() -> bool:
+        async with http.get(f"{server.http_url}/") as resp:
+            return resp.status == 503 and "store failed" in await resp.text()
+
+    await wait_for(unhealthy)
+    async with lk_api(server) as lkapi:
+        with pytest.raises(TwirpError) as err:
+            await lkapi.agent_dispatch.create_dispatch(
+                CreateAgentDispatchRequest(agent_name="any", room="no-store")
+            )
+    assert err.value.code == "internal"
+    assert server.proc.poll() is None  # the server itself stays up
+    assert "store writer process exited" in server.log()
+    assert server.stop() == 1  # SIGTERM: it stops, and says that the store had failed
+    assert "stopped; the store had failed" in server.log()
 
 
 async def test_server_killed_and_restarted_loses_no_record(

@@ -74,6 +74,9 @@ async def api_errors(
 
 
 async def health(request: web.Request) -> web.Response:
+    hub: Hub = request.app["hub"]
+    if hub.store.failure:
+        return web.Response(status=503, text=f"store failed: {hub.store.failure}\n")
     return web.Response(text="OK")
 
 
@@ -214,7 +217,11 @@ async def serve(settings: Settings, *, ready: Callable[[str], None] = print) -> 
         await _drain(app["hub"], settings.drain_timeout_s)
         await runner.cleanup()
     finally:
+        failure = store.failure
         await store.close()
+    if failure:
+        log.error("stopped; the store had failed (exit code 1): %s", failure)
+        raise SystemExit(1)
     log.info("stopped")
 
 
@@ -235,4 +242,5 @@ async def _drain(hub: Hub, timeout_s: float) -> None:
     left = hub.core.active_job_count()
     if left:
         log.info("%d jobs still running at shutdown; they resume when the server restarts", left)
-    await hub.store.flush()
+    if not hub.store.failure:  # else nothing more can be written, and it was logged
+        await hub.store.flush()

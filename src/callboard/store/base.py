@@ -141,6 +141,12 @@ class Store(abc.ABC):
         """The burst of work that submitted the queued writes is over: commit them without
         waiting out the rest of a group-commit window (a store without one has nothing to do)."""
 
+    @property
+    def failure(self) -> str:
+        """Why writes fail for good ("" while they do not): health checks report it, so that
+        whatever supervises the server can restart it."""
+        return ""
+
     # -- projects and keys (admin plane)
     @abc.abstractmethod
     async def create_project(self, name: str) -> Project: ...

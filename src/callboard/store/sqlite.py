@@ -80,6 +80,9 @@ Apply = Callable[[sqlite3.Connection], Any]
 MAX_BATCH_OPS: Final = 5000  # bounds one transaction, hence the wait of the batch's first op
 # With a commit window, writes nobody awaits wait this long for one somebody does (`_schedule`).
 LAZY_WINDOW_S: Final = 0.02
+# A writer process that dies is replaced, unless the one before it died this soon after starting:
+# then something is wrong with the file or the machine, and writes fail instead of looping.
+RESTART_AFTER_S: Final = 10.0
 BUSY_TIMEOUT_MS: Final = 5000  # another process (offline `admin --db`) may hold the write lock
 EVENT_QUERY_MAX: Final = 1000
 _LIVE_STATES: Final = tuple(state.value for state in JobState if not state.is_terminal)
@@ -98,6 +101,7 @@ class StoreStats:
     commits: int = 0  # transactions committed
     batches: int = 0  # batches taken off the queue (counted when taken, before they are applied)
     retried_batches: int = 0  # batches rolled back and re-applied one op per transaction
+    restarts: int = 0  # writer processes started to replace one that died
     failed_ops: int = 0
 
 
@@ -184,7 +188,11 @@ class _Writer:
     commits themselves.
     Otherwise, and while the writer is idle, `_schedule` decides how long the queue waits for
     company. Everything runs on the store's loop: no thread has to win the GIL back from the
-    loop between a batch and the next."""
+    loop between a batch and the next.
+
+    A writer process that dies takes only the batch it was applying with it: that batch's ops
+    fail (whether it was committed is unknown), a new process opens the file, and the queue goes
+    on to it."""
 
     def __init__(self, path: str, busy_timeout_ms: int, window_s: float = 0.0) -> None:
         self.window_s = window_s
@@ -196,8 +204,10 @@ class _Writer:
         self._in_flight: list[_Op] | None = None  # sent, reply awaited
         self._work: list[_Op] = []  # the ops of the batch in flight that the process applies
         self._send_soon: asyncio.Handle | None = None
-        self._gone: RuntimeError | None = None  # set once the process is lost: ops fail with it
+        self._gone: RuntimeError | None = None  # set once the writer is beyond replacing
         self._stopping = False
+        self._restarting = False
+        self._started_at = 0.0  # loop time the current process was up
         self._loop: asyncio.AbstractEventLoop
         self._loop_thread = 0
         self._proc: subprocess.Popen[bytes]
@@ -209,19 +219,23 @@ class _Writer:
         """Returns once the file is open and migrated, or raises why it could not be."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._proc = await asyncio.to_thread(_start_child, self._path, self._busy_timeout_ms)
+        await self._spawn()
+
+    async def _spawn(self) -> None:
+        proc = await asyncio.to_thread(_start_child, self._path, self._busy_timeout_ms)
         pipe: asyncio.WriteTransport | None = None
         try:
-            pipe, _ = await self._loop.connect_write_pipe(asyncio.BaseProtocol, self._proc.stdin)
+            pipe, _ = await self._loop.connect_write_pipe(asyncio.BaseProtocol, proc.stdin)
             self._replies, _ = await self._loop.connect_read_pipe(
-                lambda: _Replies(self), self._proc.stdout
+                lambda: _Replies(self, proc), proc.stdout
             )
         except BaseException:
             if pipe is not None:
                 pipe.close()
-            await asyncio.to_thread(_end_child, self._proc)
+            await asyncio.to_thread(_end_child, proc)
             raise
-        self._pipe = pipe
+        self._proc, self._pipe = proc, pipe
+        self._started_at = self._loop.time()
 
     async def stop(self) -> None:
         """Everything queued before this call is applied, then the process ends."""
@@ -280,7 +294,7 @@ class _Writer:
 
     def _send(self) -> None:
         self._send_soon = None
-        if self._in_flight is not None or not self._queue:
+        if self._in_flight is not None or not self._queue or self._restarting:
             return
         count = min(len(self._queue), MAX_BATCH_OPS)
         batch = [self._queue.popleft() for _ in range(count)]
@@ -346,14 +360,52 @@ class _Writer:
         else:
             self._schedule(awaited=False)
 
-    def lost(self, why: str) -> None:
-        """The process is gone: what it was applying and everything queued fails."""
-        if self._stopping:
+    def lost(self, why: str, proc: subprocess.Popen[bytes]) -> None:
+        """The process is gone: the batch it was applying fails, and a new one takes the queue
+        (unless the last one died young: then everything queued fails, and so will later ops)."""
+        if self._stopping or proc is not self._proc or self._gone is not None:
             return
-        code = self._proc.poll()
-        self._gone = RuntimeError(f"store writer process exited (code {code}): {why}")
-        log.error("store: %s", self._gone)
+        error = RuntimeError(f"store writer process exited (code {proc.poll()}): {why}")
+        if self._loop.time() - self._started_at < RESTART_AFTER_S:
+            self._give_up(error, f"it had been up less than {RESTART_AFTER_S:g} s")
+            return
+        batch, self._in_flight, self._work = self._in_flight or [], None, []
+        lost = [op.label for op in batch if op.future is None and op.records is not None]
+        log.error(
+            "store: %s; starting a new writer process. The batch it was writing failed"
+            " (%d ops, committed or not)%s", error, len(batch),
+            f"; unawaited records in it: {', '.join(lost[:5])}" if lost else "",
+        )
+        _settle([_Outcome(op, error=error) for op in batch])
+        self._restarting = True
+        self._loop.create_task(self._restart(error))
+
+    async def _restart(self, error: RuntimeError) -> None:
+        old = self._proc
+        self._pipe.close()
+        self._replies.close()
+        try:
+            await asyncio.to_thread(_reap, old)
+            await self._spawn()
+        except Exception as exc:
+            self._give_up(error, f"no new writer process: {exc}")
+            return
+        finally:
+            self._restarting = False
+        self.stats.restarts += 1
+        log.warning("store: new writer process %d is up; writing goes on", self._proc.pid)
+        if self._queue:
+            self._send_after(0.0)
+
+    def _give_up(self, error: RuntimeError, why: str) -> None:
+        self._gone = RuntimeError(f"{error}; not replaced: {why}")
+        log.error("store: %s. Every write fails from now on; restart the server.", self._gone)
         self._fail_all(self._gone)
+
+    @property
+    def failure(self) -> str:
+        """Why writes fail for good ("" while they do not)."""
+        return str(self._gone) if self._gone is not None else ""
 
     def _fail_all(self, error: Exception) -> None:
         failed = [*(self._in_flight or []), *self._queue]
@@ -368,8 +420,9 @@ class _Writer:
 class _Replies(asyncio.Protocol):
     """Reads the writer process's stdout: one reply per batch, in order."""
 
-    def __init__(self, writer: _Writer) -> None:
+    def __init__(self, writer: _Writer, proc: subprocess.Popen[bytes]) -> None:
         self._writer = writer
+        self._proc = proc  # the process whose output this is: a replaced one's end means nothing
         self._frames = child.Frames()
 
     def data_received(self, data: bytes) -> None:
@@ -377,7 +430,7 @@ class _Replies(asyncio.Protocol):
             self._writer.replied(message)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._writer.lost(repr(exc) if exc is not None else "its output closed")
+        self._writer.lost(repr(exc) if exc is not None else "its output closed", self._proc)
 
 
 def _after_commit(outcomes: list[_Outcome]) -> None:
@@ -666,6 +719,12 @@ class SqliteStore(Store):
         to the writer together, right away, instead of after the rest of the window."""
         if self._writer is not None:
             self._writer.send_now()
+
+    @property
+    def failure(self) -> str:
+        if self._writer is not None:
+            return self._writer.failure
+        return ""
 
     @property
     def queued(self) -> int:
