@@ -206,7 +206,7 @@ class _Writer:
         self._send_soon: asyncio.Handle | None = None
         self._gone: RuntimeError | None = None  # set once the writer is beyond replacing
         self._stopping = False
-        self._restarting = False
+        self._restarting: asyncio.Task[None] | None = None  # a new process is being started
         self._started_at = 0.0  # loop time the current process was up
         self._loop: asyncio.AbstractEventLoop
         self._loop_thread = 0
@@ -294,7 +294,7 @@ class _Writer:
 
     def _send(self) -> None:
         self._send_soon = None
-        if self._in_flight is not None or not self._queue or self._restarting:
+        if self._in_flight is not None or not self._queue or self._restarting is not None:
             return
         count = min(len(self._queue), MAX_BATCH_OPS)
         batch = [self._queue.popleft() for _ in range(count)]
@@ -363,7 +363,7 @@ class _Writer:
     def lost(self, why: str, proc: subprocess.Popen[bytes]) -> None:
         """The process is gone: the batch it was applying fails, and a new one takes the queue
         (unless the last one died young: then everything queued fails, and so will later ops)."""
-        if self._stopping or proc is not self._proc or self._gone is not None:
+        if self._stopping or self._restarting or proc is not self._proc or self._gone is not None:
             return
         error = RuntimeError(f"store writer process exited (code {proc.poll()}): {why}")
         if self._loop.time() - self._started_at < RESTART_AFTER_S:
@@ -377,8 +377,7 @@ class _Writer:
             f"; unawaited records in it: {', '.join(lost[:5])}" if lost else "",
         )
         _settle([_Outcome(op, error=error) for op in batch])
-        self._restarting = True
-        self._loop.create_task(self._restart(error))
+        self._restarting = self._loop.create_task(self._restart(error))
 
     async def _restart(self, error: RuntimeError) -> None:
         old = self._proc
@@ -391,7 +390,7 @@ class _Writer:
             self._give_up(error, f"no new writer process: {exc}")
             return
         finally:
-            self._restarting = False
+            self._restarting = None
         self.stats.restarts += 1
         log.warning("store: new writer process %d is up; writing goes on", self._proc.pid)
         if self._queue:
