@@ -745,57 +745,50 @@ def test_writeback_of_a_file_not_there_yet_waits_for_it(tmp_path: Path) -> None:
 
 
 async def test_a_writer_process_that_dies_young_fails_writes_instead_of_hanging_them(
-    db: Path,
+    store: SqliteStore, db: Path
 ) -> None:
-    s = SqliteStore(str(db))
-    await s.open()
-    writer = s._writer
+    writer = store._writer
     assert writer is not None
-    try:
-        s.submit_event(event("before"))
-        await s.flush()
-        os.kill(writer._proc.pid, signal.SIGKILL)  # seconds after it started: not replaced
-        with pytest.raises(RuntimeError, match=r"store writer process exited.*not replaced"):
-            await asyncio.wait_for(s.create_project("after"), timeout=10)
-        with pytest.raises(RuntimeError, match="store writer process exited"):
-            await asyncio.wait_for(s.flush(), timeout=10)  # and so does every later write
-        assert "it had been up less than 10 s" in s.failure
-        assert s.stats.restarts == 0
-    finally:
-        await asyncio.wait_for(s.close(), timeout=10)
+    store.submit_event(event("before"))
+    await store.flush()
+    os.kill(writer._proc.pid, signal.SIGKILL)  # seconds after it started: not replaced
+    with pytest.raises(RuntimeError, match=r"store writer process exited.*not replaced"):
+        await asyncio.wait_for(store.create_project("after"), timeout=10)
+    with pytest.raises(RuntimeError, match="store writer process exited"):
+        await asyncio.wait_for(store.flush(), timeout=10)  # and so does every later write
+    assert "it had been up less than 10 s" in store.failure
+    assert store.stats.restarts == 0
     assert file_rows(db, "SELECT kind FROM events") == [("before",)]
 
 
 async def test_a_writer_process_that_dies_is_replaced_and_only_its_batch_fails(
-    db: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    store: SqliteStore,
+    db: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(sqlite_store, "RESTART_AFTER_S", 0.0)
-    s = SqliteStore(str(db))
-    await s.open()
-    writer = s._writer
+    writer = store._writer
     assert writer is not None
-    try:
-        s.submit_event(event("before"))
-        await s.flush()
-        dead = writer._proc
-        # Another connection holds the write lock: the writer stalls inside the next batch.
-        blocker = sqlite3.connect(db, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")
-        batches = s.stats.batches
-        in_flight = asyncio.ensure_future(s.create_project("in flight"))
-        await until(lambda: s.stats.batches == batches + 1)
-        with caplog.at_level(logging.ERROR, logger="callboard.store.sqlite"):
-            os.kill(dead.pid, signal.SIGKILL)
-            with pytest.raises(RuntimeError, match="store writer process exited"):
-                await asyncio.wait_for(in_flight, timeout=10)
-        blocker.execute("ROLLBACK")
-        blocker.close()
-        s.submit_event(event("while replaced"))  # queued while the new process starts
-        project = await asyncio.wait_for(s.create_project("after"), timeout=20)
-        assert s.stats.restarts == 1 and writer._proc is not dead and s.failure == ""
-        assert "starting a new writer process" in caplog.text
-    finally:
-        await asyncio.wait_for(s.close(), timeout=10)
+    store.submit_event(event("before"))
+    await store.flush()
+    dead = writer._proc
+    # Another connection holds the write lock: the writer stalls inside the next batch.
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    batches = store.stats.batches
+    in_flight = asyncio.ensure_future(store.create_project("in flight"))
+    await until(lambda: store.stats.batches == batches + 1)
+    with caplog.at_level(logging.ERROR, logger="callboard.store.sqlite"):
+        os.kill(dead.pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="store writer process exited"):
+            await asyncio.wait_for(in_flight, timeout=10)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    store.submit_event(event("while replaced"))  # queued while the new process starts
+    project = await asyncio.wait_for(store.create_project("after"), timeout=20)
+    assert store.stats.restarts == 1 and writer._proc is not dead and store.failure == ""
+    assert "starting a new writer process" in caplog.text
     assert file_rows(db, "SELECT kind FROM events ORDER BY seq") == [
         ("before",), ("while replaced",)
     ]
