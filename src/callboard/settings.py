@@ -43,7 +43,8 @@ class Settings:
     register_timeout_s: float = 10.0
     """A worker must send `register` within this long after connecting."""
     ping_interval_s: float = 10.0
-    """WebSocket ping interval on /agent; a peer silent for twice this long is dropped."""
+    """/agent keep-alive: a worker quiet this long gets a WebSocket ping; one silent for twice this
+    long (no frame, no pong) is dropped. 0: never."""
     store_commit_window_ms: float = 1.0
     """Group commit: after the first write arrives, the store writer gathers more for this long
     before committing, or until a job assignment is sent, whichever comes first. API calls are

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import jwt
@@ -267,3 +269,66 @@ async def _server_still_serves(server: ServerProcess, http: aiohttp.ClientSessio
     worker = await light_worker(http, server, "after")
     assert worker.proto.worker_id.startswith("AW_")
     await worker.close()
+
+
+@pytest.fixture
+def quick_pings(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server that pings a quiet worker after 0.5 s and drops a silent one after 1 s."""
+    proc = ServerProcess(db=tmp_path / "pings.db", env={"CALLBOARD_PING_INTERVAL_S": "0.5"})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+async def test_a_worker_that_never_answers_pings_is_pinged_then_dropped(
+    quick_pings: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    server = quick_pings
+    ws = await http.ws_connect(
+        f"{server.ws_url}/agent", autoping=False,
+        headers={"Authorization": f"Bearer {worker_token(DEV_KEY, DEV_SECRET)}"},
+    )
+    await ws.send_bytes(_register("mute"))
+    reply = pb.ServerMessage()
+    reply.ParseFromString(await ws.receive_bytes(timeout=5))
+    worker_id = reply.register.worker_id
+    started = time.monotonic()
+    kinds = []
+    async with asyncio.timeout(10):
+        while (msg := await ws.receive()).type not in (
+            aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR
+        ):
+            kinds.append(msg.type)
+    silent_for = time.monotonic() - started
+    assert kinds and set(kinds) == {aiohttp.WSMsgType.PING}  # pinged, never answered
+    assert 0.9 <= silent_for <= 5, silent_for  # dropped after 2-2.5 intervals of silence
+    _, body = await project_get(http, server, "/workers")
+    assert body["workers"] == []
+    _, log = await project_get(http, server, "/events?kind=worker.disconnected")
+    (line,) = [e for e in log["events"] if worker_id in e["message"]]
+    assert "silent for" in line["message"] and "no pong" in line["message"]
+    assert server.log().count(f"worker {worker_id} from") == 1  # logged once, as a drop
+
+
+async def test_a_worker_that_answers_pings_stays_and_its_pings_are_answered(
+    quick_pings: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    server = quick_pings
+    steady = await light_worker(http, server, "steady")  # aiohttp answers pings by itself
+    probe = await http.ws_connect(
+        f"{server.ws_url}/agent", autoping=False,
+        headers={"Authorization": f"Bearer {worker_token(DEV_KEY, DEV_SECRET)}"},
+    )
+    await probe.send_bytes(_register("probe"))
+    await probe.receive_bytes(timeout=5)
+    await probe.ping(b"are you there")
+    async with asyncio.timeout(5):
+        while (msg := await probe.receive()).type is not aiohttp.WSMsgType.PONG:
+            assert msg.type is aiohttp.WSMsgType.PING  # the server's own, meanwhile
+    assert msg.data == b"are you there"
+    await probe.close()
+    await asyncio.sleep(2.5)  # five intervals: dropped after two if the pongs went unseen
+    _, body = await project_get(http, server, "/workers")
+    assert [w["agent_name"] for w in body["workers"]] == ["steady"]
+    assert "silent for" not in server.log()
+    await steady.close()

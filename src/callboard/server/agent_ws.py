@@ -4,6 +4,10 @@ Auth is checked before the upgrade so a bad token gets an HTTP status and a body
 SDK retries for two minutes; the reason must be in our log at once). After the upgrade, a protocol
 violation closes the connection with a close code and a reason, is logged once, and touches nothing
 else: the worker's jobs go through the same grace window as any dropped connection.
+
+Keep-alive is ours, not aiohttp's `heartbeat`: that one re-arms a timer through a loop callback for
+every frame received, twice per dispatch; here a frame only stamps its connection, and one sweep per
+half interval pings the quiet ones and cuts the silent ones (`keep_alive`).
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import contextlib
 import logging
 import struct
 import time
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Final, cast
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 from livekit.protocol import agent as pb
 
 from callboard.dispatch.model import (
@@ -32,6 +37,7 @@ from callboard.dispatch.model import (
 )
 from callboard.protocol import convert, ids
 from callboard.protocol.errors import (
+    WS_GOING_AWAY,
     WS_MESSAGE_TOO_BIG,
     WS_NORMAL,
     WS_POLICY_VIOLATION,
@@ -54,6 +60,7 @@ _PERMISSIONS = ("can_publish", "can_subscribe", "can_publish_data", "can_update_
 
 
 DIRECT_WRITE_LIMIT = 256 * 1024  # socket buffer above which frames wait for it to drain
+PING_FRAME: Final = b"\x89\x00"  # an empty WebSocket ping, unmasked as a server sends it
 
 
 @dataclass
@@ -69,6 +76,7 @@ class WorkerConnection:
     transport: asyncio.BaseTransport | None = None  # the socket under `ws`: direct writes
     outbox: asyncio.Queue[pb.ServerMessage | None] = field(default_factory=asyncio.Queue)
     close_request: tuple[int, str] | None = None
+    heard_at: float = 0.0  # loop time of the last frame received (`keep_alive`)
     _sending: bool = False  # the sender task holds a frame it is still writing
 
     def send(self, msg: pb.ServerMessage) -> None:
@@ -92,6 +100,18 @@ class WorkerConnection:
         if self.close_request is None:
             self.close_request = (code, reason)
             self.outbox.put_nowait(None)
+
+    def ping(self) -> None:
+        """A control frame may go between any two frames, so it skips the outbox."""
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(PING_FRAME)
+
+    def drop(self, reason: str) -> None:
+        """Cut a silent peer's socket: a closing handshake would only wait for it."""
+        self.close(WS_GOING_AWAY, reason)
+        if isinstance(self.transport, asyncio.WriteTransport):
+            self.transport.abort()
 
     async def run_sender(self) -> None:
         while (msg := await self.outbox.get()) is not None:
@@ -157,9 +177,7 @@ async def handle_agent(request: web.Request) -> web.StreamResponse:
     checked = _check_caller(hub, request)
     if isinstance(checked, web.Response):
         return checked
-    ws = web.WebSocketResponse(
-        max_msg_size=MAX_FRAME_BYTES, heartbeat=hub.settings.ping_interval_s, compress=False
-    )
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=False, compress=False)
     await ws.prepare(request)
     session = _Session(hub, checked, ws, _remote(request), request.transport)
     request.app["sockets"].add(ws)
@@ -175,6 +193,43 @@ def _remote(request: web.Request) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return request.remote or ""
+
+
+def sweep(links: Iterable[object], now: float, interval_s: float) -> None:
+    """Ping each worker quiet for `interval_s`; drop each silent for twice that (no frame, no pong).
+    Before register there is nothing to sweep: the register timeout bounds that silence."""
+    for link in list(links):
+        if not isinstance(link, WorkerConnection) or link.close_request is not None:
+            continue
+        silent = now - link.heard_at
+        if silent >= 2 * interval_s:
+            log.warning(
+                "worker %s from %s silent for %.1f s (no frame, no pong): dropped",
+                link.info.worker_id, link.info.remote, silent,
+            )
+            link.drop(f"silent for {silent:.1f} s (no frame, no pong to pings)")
+        elif silent >= interval_s:
+            link.ping()
+
+
+async def keep_alive(app: web.Application) -> AsyncIterator[None]:
+    """The sweep, every half ping interval, for the app's life (an aiohttp cleanup context).
+    A quiet worker is pinged after 1-1.5 intervals and dropped after 2-2.5; 0 turns it off."""
+    hub: Hub = app["hub"]
+    interval = hub.settings.ping_interval_s
+    loop = asyncio.get_running_loop()
+
+    async def run() -> None:
+        while True:
+            await asyncio.sleep(interval / 2)
+            sweep(hub.links.values(), loop.time(), interval)
+
+    task = asyncio.create_task(run()) if interval > 0 else None
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class _Session:
@@ -196,6 +251,7 @@ class _Session:
         self.fmt = Format.BINARY
         self.conn: WorkerConnection | None = None
         self._pending_close: tuple[int, str] | None = None
+        self._loop = asyncio.get_running_loop()
 
     async def run(self) -> None:
         sender: asyncio.Task[None] | None = None
@@ -238,6 +294,19 @@ class _Session:
             with contextlib.suppress(Exception):
                 await self.ws.close(code=code, message=reason.encode()[:120])
 
+    async def _receive(self, timeout: float | None = None) -> WSMessage:
+        """The next frame that is not a ping or pong (pings are answered: autoping is off so
+        that pongs reach the keep-alive stamp)."""
+        while True:
+            raw = await self.ws.receive(timeout=timeout)
+            if self.conn is not None:
+                self.conn.heard_at = self._loop.time()
+            if raw.type is WSMsgType.PING:
+                with contextlib.suppress(ConnectionError):
+                    await self.ws.pong(raw.data)
+            elif raw.type is not WSMsgType.PONG:
+                return raw
+
     # -- before register
 
     async def _await_register(self) -> pb.RegisterWorkerRequest:
@@ -247,7 +316,7 @@ class _Session:
             if remaining <= 0:
                 raise _no_register(self.hub.settings.register_timeout_s)
             try:
-                raw = await self.ws.receive(timeout=remaining)
+                raw = await self._receive(timeout=remaining)
             except TimeoutError:
                 raise _no_register(self.hub.settings.register_timeout_s) from None
             msg = self._decode(raw)
@@ -278,7 +347,10 @@ class _Session:
             if req.HasField("allowed_permissions")
             else {},
         )
-        conn = WorkerConnection(info=info, ws=self.ws, fmt=self.fmt, transport=self.transport)
+        conn = WorkerConnection(
+            info=info, ws=self.ws, fmt=self.fmt, transport=self.transport,
+            heard_at=self._loop.time(),
+        )
         reply = pb.RegisterWorkerResponse(
             worker_id=info.worker_id, server_info=convert.server_info(self.hub.node_id)
         )
@@ -292,7 +364,9 @@ class _Session:
     async def _serve(self) -> None:
         assert self.conn is not None
         while not self.ws.closed and self.conn.close_request is None:
-            raw = await self.ws.receive()
+            raw = await self._receive()
+            if self.conn.close_request is not None:  # dropped or closed meanwhile: said already
+                return
             msg = self._decode(raw)
             if msg is None:
                 return

@@ -38,7 +38,7 @@ from callboard.server import (
     rtc_ws,
     usage,
 )
-from callboard.server.agent_ws import handle_agent
+from callboard.server.agent_ws import handle_agent, keep_alive
 from callboard.server.hub import Hub
 from callboard.server.twirp import MAX_BODY_BYTES, handle_twirp, twirp_error
 from callboard.settings import Settings
@@ -96,6 +96,7 @@ def create_app(settings: Settings, store: Store, admin_token: str) -> web.Applic
     app.router.add_routes(rtc_ws.routes())
     observer.install(app)  # dispatch, event log and webhooks for the rooms
     _install_isolation(app)
+    app.cleanup_ctx.append(keep_alive)
     app.on_startup.append(_resume)
     app.on_startup.append(_start_rooms)
     app.on_shutdown.append(_stop_rooms)
