@@ -159,12 +159,24 @@ async def test_a_store_that_fails_for_good_fails_calls_and_the_health_check(
             return resp.status == 503 and "store failed" in await resp.text()
 
     await wait_for(unhealthy)
+    worker = await light_worker(http, server, "any")
     async with lk_api(server) as lkapi:
         with pytest.raises(TwirpError) as err:
             await lkapi.agent_dispatch.create_dispatch(
                 CreateAgentDispatchRequest(agent_name="any", room="no-store")
             )
-    assert err.value.code == "internal"
+        assert err.value.code == "internal"
+        # Not acknowledged, so not left running (a retry must not bring a second agent): the
+        # dispatch is gone, and the worker offered its job never holds it.
+        assert await lkapi.agent_dispatch.list_dispatch("no-store") == []
+    offered = (await worker.next("availability")).availability.job.id
+    await worker.send(pb.WorkerMessage(ping=pb.WorkerPing(timestamp=7)))
+    await worker.next("pong")  # frames arrive in order: whatever came before has been read
+    assigned = {a.job.id for a in worker.proto.assignments}
+    assert assigned <= set(worker.proto.terminations) and assigned <= {offered}
+    _, workers = await project_get(http, server, "/workers")
+    assert workers["workers"][0]["jobs"] == []
+    await worker.close()
     assert server.proc.poll() is None  # the server itself stays up
     assert "store writer process exited" in server.log()
     assert server.stop() == 1  # SIGTERM: it stops, and says that the store had failed

@@ -179,7 +179,14 @@ async def create_dispatch(
     dispatch_id = dispatch_agent(hub, caller, ref, agent, source="api")
     if before_ack is not None:
         before_ack(room)
-    await hub.store.flush()
+    try:
+        await hub.store.flush()
+    except Exception as exc:
+        # The caller hears "failed" and may retry: a dispatch left running would put a second
+        # agent in the room. Its worker, if it has one already, is told to stop.
+        why = f"its record could not be stored: {exc}"
+        hub.feed(DispatchDeleted(dispatch_id, why, hub.clock_ms()))
+        raise
     record = hub.core.dispatch(dispatch_id)
     assert record is not None
     return record
