@@ -14,10 +14,13 @@ exchange on bare aiohttp with no logic) and (b) callboard (`callboard server --d
   workers; the difference per worker in KiB.
 
 Every server is a subprocess of this one, on 127.0.0.1, stopped by its pid; every wait is bounded.
-The workers and callers share this process and, on a 2-core machine, compete with the server for
-CPU: the server's and this process's CPU use during the throughput run are printed next to it, and
-so is the CPU taken by every other process meanwhile (a shared machine disturbs the figures; the
-table says so when it did). Progress goes to stderr; the table (or, with --json, one JSON object)
+The workers and callers share this process and stand in for other machines, but here they share the
+server's CPUs. So that they do not also share its event loop's core, each server's main process is
+pinned to the first CPU, and this process and the servers' child processes (callboard's store
+writer) to the others, both servers alike (`--no-pin`: the kernel places them). The server's and
+this process's CPU use during the throughput run are printed next to it, and so is the CPU taken by
+every other process meanwhile (a shared machine disturbs the figures; the table says so when it
+did). Progress goes to stderr; the table (or, with --json, one JSON object)
 to stdout. The process exits 0 when it measured everything, whether or not the targets are met.
 """
 
@@ -27,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -89,6 +93,7 @@ class Config:
     targets: tuple[str, ...] = ("floor", "callboard")
     quick: bool = False
     max_run_s: float = 900.0
+    pin: bool = True  # see the module docstring and `Placement`
 
 
 QUICK = Config(workers=10, callers=5, duration_s=2.0, warmup_s=0.5, latency_count=200,
@@ -108,12 +113,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool, Path | None
     p.add_argument("--only", choices=["floor", "callboard"], help="measure one side only")
     p.add_argument("--keep", type=Path, help="keep databases and server logs in this directory")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--no-pin", action="store_true",
+                   help="leave CPU placement to the kernel (default, with 2+ CPUs: each server's "
+                        "main process on the first CPU; this process and the servers' child "
+                        "processes on the others)")
     args = p.parse_args(argv)
     cfg = QUICK if args.quick else Config()
     overrides = {
         "workers": args.workers, "callers": args.callers, "duration_s": args.duration,
         "latency_count": args.latency_count, "idle_workers": args.idle_workers,
         "log_level": args.log_level, "targets": (args.only,) if args.only else None,
+        "pin": False if args.no_pin else None,
     }
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     for name in ("workers", "callers", "latency_count", "idle_workers"):
@@ -126,6 +136,45 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool, Path | None
 # Server processes
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Which CPUs the servers' main processes get, and which everything else: this process (the
+    callers and workers) and the servers' children. Why: left to the kernel, the callers and
+    workers often run on the core of the server's event loop, the one thread that limits it, and
+    how often depends on the run (in alternating runs of callboard, +7-13 % dispatches/s pinned)."""
+
+    server: frozenset[int]
+    rest: frozenset[int]
+
+    @classmethod
+    def of(cls, cfg: Config) -> Placement | None:
+        cpus = _usable_cpus()
+        if not cfg.pin or len(cpus) < 2:
+            return None
+        return cls(frozenset(cpus[:1]), frozenset(cpus[1:]))
+
+    def describe(self) -> str:
+        return (f"each server's main process on CPU {_cpus(self.server)}; this process and the "
+                f"servers' child processes on CPU {_cpus(self.rest)}")
+
+
+@functools.cache
+def _usable_cpus() -> list[int]:
+    """The CPUs this process could use at start, before it pinned itself."""
+    return sorted(os.sched_getaffinity(0))
+
+
+def _cpus(cpus: frozenset[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def pin(pid: int, cpus: frozenset[int]) -> None:
+    """Every thread of the process (affinity is per thread on Linux)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 @dataclass
 class Server:
     """One server subprocess: started, probed, measured and stopped by its own pid."""
@@ -136,6 +185,7 @@ class Server:
     log_path: Path
     db: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+    placement: Placement | None = None
 
     @property
     def url(self) -> str:
@@ -157,11 +207,21 @@ class Server:
                 raise BenchError(f"{self.name} server exited at start:\n{self.log_tail()}")
             if self._healthy():
                 log(f"{self.name} server up (pid {self.pid}, port {self.port})")
+                self._place()
                 return
             time.sleep(0.05)
         raise BenchError(
             f"{self.name} server did not answer in {timeout_s:g} s:\n{self.log_tail()}"
         )
+
+    def _place(self) -> None:
+        """Pinned once up: by then callboard has started its store writer."""
+        if self.placement is None:
+            return
+        main, *children = self.pids()
+        pin(main, self.placement.server)
+        for child in children:
+            pin(child, self.placement.rest)
 
     def _healthy(self) -> bool:
         try:
@@ -221,13 +281,14 @@ class Server:
 def make_server(name: str, workdir: Path, tag: str, cfg: Config) -> Server:
     port = free_port()
     log_path = workdir / f"{name}-{tag}.log"
+    placement = Placement.of(cfg)
     if name == "floor":
         argv = [sys.executable, str(BENCH_DIR / "floor_server.py"), "--port", str(port)]
-        return Server(name, argv, port, log_path)
+        return Server(name, argv, port, log_path, placement=placement)
     db = workdir / f"callboard-{tag}.db"
     argv = [sys.executable, "-m", "callboard.cli.main", "server", "--dev", "--host", HOST,
             "--port", str(port), "--db", str(db), "--log-level", cfg.log_level]
-    return Server(name, argv, port, log_path, db=db)
+    return Server(name, argv, port, log_path, db=db, placement=placement)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -705,10 +766,13 @@ def max_noise_pct(*results: TargetResult) -> float:
 
 
 def header(cfg: Config) -> str:
+    placement = Placement.of(cfg)
+    where = (f"pinned: {placement.describe()}" if placement is not None
+             else "not pinned: the kernel places the processes")
     return (f"callboard dispatch benchmark  ({os.cpu_count()} CPUs, {cpu_model()}, Python "
             f"{platform.python_version()}, aiohttp {aiohttp.__version__}, callboard log level "
             f"{cfg.log_level})\nworkers and callers run in the benchmark process and compete "
-            "with the server for the same cores")
+            f"with the server for the same cores; {where}")
 
 
 def cpu_model() -> str:
@@ -813,6 +877,7 @@ def as_json(floor: TargetResult, board: TargetResult, cfg: Config) -> dict[str, 
         "config": dataclasses.asdict(cfg),
         "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(),
                     "python": platform.python_version(), "aiohttp": aiohttp.__version__},
+        "placement": (placement.describe() if (placement := Placement.of(cfg)) else "kernel"),
         "floor": dataclasses.asdict(floor),
         "callboard": dataclasses.asdict(board),
         "targets": [dataclasses.asdict(c) for c in checks],
@@ -841,6 +906,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="The HMAC key is")
     limit = raise_nofile(max(NOFILE_WANTED, cfg.idle_workers + cfg.workers + 512))
     log(f"open-file limit {limit}; config {cfg}")
+    placement = Placement.of(cfg)
+    if placement is not None:
+        pin(os.getpid(), placement.rest)  # the servers start here, then move (`Server._place`)
+        log(f"pinned: {placement.describe()}")
     with contextlib.ExitStack() as stack:
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
