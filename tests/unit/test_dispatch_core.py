@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from callboard.dispatch.core import REOFFER_FIRST_MS, Dispatcher
+from callboard.dispatch.ledger import COMPACT_SLACK, Timers
 from callboard.dispatch.model import (
     Action,
     AvailabilityAnswered,
@@ -1448,6 +1449,22 @@ def test_many_timers_due_at_one_tick_fire_in_order() -> None:
         rig.now += 1
     actions = rig.later(10_000)
     assert [e.dispatch_id for e in of(actions, RecordEvent)] == [f"AD_{n}" for n in range(5)]
+
+
+def test_timers_cleared_in_bulk_do_not_pile_up_and_live_ones_keep_their_order() -> None:
+    """Under load nearly every job clears its start timeout at once; the heap stays bounded."""
+    timers = Timers()
+    for n in range(50_000):
+        timers.set(f"AJ_{n}", 60_000 + n)
+        if n % 1000:  # one job in a thousand never reports: its deadline stays
+            timers.clear(f"AJ_{n}")
+    assert len(timers) <= 2 * 50 + COMPACT_SLACK + 1
+    timers.set("AJ_tie", 60_000)  # due with AJ_0, set after it
+    fired = []
+    while (job_id := timers.pop_due(200_000)) is not None:
+        fired.append(job_id)
+    assert fired == ["AJ_0", "AJ_tie", *[f"AJ_{n}" for n in range(1000, 50_000, 1000)]]
+    assert len(timers) == 0 and timers.next_ms() is None
 
 
 # -- queries ---------------------------------------------------------------------------------------
