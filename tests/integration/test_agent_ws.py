@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,6 +221,26 @@ async def test_no_register_in_time_closes(
     ws = await _connect(http, server)  # the test server waits 2 s for register
     close_code = await _closed(ws)
     assert close_code == 1008
+    assert "no register within 2 s" in server.log()
+
+
+async def test_websocket_pings_do_not_stretch_the_register_deadline(
+    server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    ws = await _connect(http, server)  # pings, is answered, and never registers
+
+    async def keep_pinging() -> None:
+        while True:
+            await ws.ping(b"still here")
+            await asyncio.sleep(0.3)
+
+    pinger = asyncio.create_task(keep_pinging())
+    started = time.monotonic()
+    close_code = await _closed(ws)
+    pinger.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
+        await pinger
+    assert close_code == 1008 and time.monotonic() - started < 4
     assert "no register within 2 s" in server.log()
 
 

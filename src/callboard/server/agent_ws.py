@@ -296,9 +296,14 @@ class _Session:
 
     async def _receive(self, timeout: float | None = None) -> WSMessage:
         """The next frame that is not a ping or pong (pings are answered: autoping is off so
-        that pongs reach the keep-alive stamp)."""
+        that pongs reach the keep-alive stamp). `timeout` bounds the whole wait, pings included,
+        so a peer that only pings still meets the register deadline."""
+        deadline = None if timeout is None else self._loop.time() + timeout
         while True:
-            raw = await self.ws.receive(timeout=timeout)
+            remaining = None if deadline is None else deadline - self._loop.time()
+            if remaining is not None and remaining <= 0:  # 0 would mean "no timeout" to aiohttp
+                raise TimeoutError
+            raw = await self.ws.receive(timeout=remaining)
             if self.conn is not None:
                 self.conn.heard_at = self._loop.time()
             if raw.type is WSMsgType.PING:
