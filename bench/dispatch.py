@@ -20,8 +20,8 @@ pinned to the first CPU, and this process and the servers' child processes (call
 writer) to the others, both servers alike (`--no-pin`: the kernel places them). The server's and
 this process's CPU use during the throughput run are printed next to it, and so is the CPU taken by
 every other process meanwhile (a shared machine disturbs the figures; the table says so when it
-did). Progress goes to stderr; the table (or, with --json, one JSON object)
-to stdout. The process exits 0 when it measured everything, whether or not the targets are met.
+did). Progress goes to stderr; the table (or, with --json, one JSON object) to stdout. The process
+exits 0 when it measured everything, whether or not the targets are met.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class Placement:
     """Which CPUs the servers' main processes get, and which everything else: this process (the
     callers and workers) and the servers' children. Why: left to the kernel, the callers and
     workers often run on the core of the server's event loop, the one thread that limits it, and
-    how often depends on the run (in alternating runs of callboard, +7-13 % dispatches/s pinned)."""
+    how often depends on the run (in alternating runs of callboard, +7-14 % dispatches/s pinned)."""
 
     server: frozenset[int]
     rest: frozenset[int]
