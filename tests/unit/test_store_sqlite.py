@@ -796,6 +796,46 @@ async def test_a_writer_process_that_dies_is_replaced_and_only_its_batch_fails(
     assert project.name in names and "in flight" not in names
 
 
+async def test_a_lost_batch_writes_its_rows_again_but_not_its_event_lines(
+    store: SqliteStore,
+    db: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nobody awaits submitted records, so nobody would retry them: the rows that can be written
+    twice harmlessly go first to the new writer process."""
+    monkeypatch.setattr(sqlite_store, "RESTART_AFTER_S", 0.0)
+    writer = store._writer
+    assert writer is not None
+    dead = writer._proc
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the writer stalls inside the batch below
+    batches = store.stats.batches
+    in_flight = asyncio.ensure_future(store.create_project("in flight"))  # joins the batch below
+    store.submit_room(room("room-1"))
+    store.submit_dispatch(dispatch("AD_1"))
+    store.submit_job(job(state=JobState.ASSIGNED, at_ms=4, worker_id="AW_1"))
+    store.submit_job(job(state=JobState.RUNNING, at_ms=6, worker_id="AW_1"))
+    store.submit_event(event("lost line"))
+    await until(lambda: store.stats.batches == batches + 1)
+    assert len(writer._in_flight or []) == 2  # the records and the project, in one batch
+    with caplog.at_level(logging.ERROR, logger="callboard.store.sqlite"):
+        os.kill(dead.pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="store writer process exited"):
+            await asyncio.wait_for(in_flight, timeout=10)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    await asyncio.wait_for(store.flush(), timeout=20)
+    assert "its 3 room, dispatch and job rows are written again" in caplog.text
+    assert "1 event lines and usage counts in it are lost" in caplog.text
+    assert file_rows(db, "SELECT name FROM rooms") == [("room-1",)]
+    assert file_rows(db, "SELECT dispatch_id FROM dispatches") == [("AD_1",)]
+    assert file_rows(db, "SELECT state, worker_id FROM jobs") == [("running", "AW_1")]
+    assert store.job_history("P_a", "AJ_1") == [("running", 6)]  # the states before it are lost
+    assert file_rows(db, "SELECT kind FROM events") == []
+    assert [name for (name,) in file_rows(db, "SELECT name FROM projects")] == []  # it failed
+
+
 async def test_the_wal_is_copied_back_while_the_store_is_open(store: SqliteStore,
                                                                db: Path) -> None:
     """The writer leaves checkpoints to its own thread (it would only start one itself at 16,000

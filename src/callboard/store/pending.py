@@ -182,6 +182,24 @@ class Records:
             self.add_usage(key, amounts)
         self.count += later.count
 
+    def rows_again(self) -> tuple[Records | None, int]:
+        """What of these records can be written a second time without harm, should their batch
+        have been lost with its writer process (committed or not, nobody knows): rooms and
+        dispatches (whole upserts) and each job's newest version (its history trigger fires only
+        on a change of state, so a version that did commit adds nothing; one that did not loses
+        the states before it from the history). Also how many event lines and usage counts are
+        left out: written twice, they would count twice."""
+        newest = {job.job_id: job for job in self.jobs}
+        left_out = len(self.events) + len(self.usage)
+        if not (self.rooms or self.dispatches or newest):
+            return None, left_out
+        again = Records(self._slot)  # never the open one: nothing more is added to it
+        again.rooms = dict(self.rooms)
+        again.dispatches = dict(self.dispatches)
+        again.jobs = list(newest.values())
+        again.count = len(again.rooms) + len(again.dispatches) + len(again.jobs)
+        return again, left_out
+
     def encode(self) -> list[tuple[str, list[codec.Values]]]:
         """The rows to write, by table (`TABLES`), in the order they are written."""
         self.seal()

@@ -361,8 +361,10 @@ class _Writer:
             self._schedule(awaited=False)
 
     def lost(self, why: str, proc: subprocess.Popen[bytes]) -> None:
-        """The process is gone: the batch it was applying fails, and a new one takes the queue
-        (unless the last one died young: then everything queued fails, and so will later ops)."""
+        """The process is gone: the batch it was applying fails, and a new one takes the queue,
+        starting with the batch's records that can be written twice (`_rows_again`), since
+        nobody awaits them to retry. Unless the last process died young: then everything queued
+        fails, and so will later ops."""
         if self._stopping or self._restarting or proc is not self._proc or self._gone is not None:
             return
         error = RuntimeError(f"store writer process exited (code {proc.poll()}): {why}")
@@ -370,11 +372,14 @@ class _Writer:
             self._give_up(error, f"it had been up less than {RESTART_AFTER_S:g} s")
             return
         batch, self._in_flight, self._work = self._in_flight or [], None, []
-        lost = [op.label for op in batch if op.future is None and op.records is not None]
+        again, left_out = _rows_again(batch)
+        if again is not None:  # first in line for the new process, before what was queued
+            self._queue.appendleft(_Op(None, "records of a lost batch", records=again))
         log.error(
             "store: %s; starting a new writer process. The batch it was writing failed"
-            " (%d ops, committed or not)%s", error, len(batch),
-            f"; unawaited records in it: {', '.join(lost[:5])}" if lost else "",
+            " (%d ops, committed or not): its API calls get an error; its %d room, dispatch"
+            " and job rows are written again; %d event lines and usage counts in it are lost",
+            error, len(batch), again.count if again is not None else 0, left_out,
         )
         _settle([_Outcome(op, error=error) for op in batch])
         self._restarting = self._loop.create_task(self._restart(error))
@@ -484,6 +489,19 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
 
 def _op_count(op: _Op) -> int:
     return op.records.count if op.records is not None else 1
+
+
+def _rows_again(batch: list[_Op]) -> tuple[Records | None, int]:
+    """The submitted records of a lost batch that can be written again (`Records.rows_again`),
+    and how many could not. Its runs of records are folded together first (they are dead
+    anyway), so a job's newest version across them is the one written."""
+    runs = [op.records for op in batch if op.records is not None]
+    if not runs:
+        return None, 0
+    head, *later = runs
+    for run in later:
+        head.absorb(run)
+    return head.rows_again()
 
 
 def _merge_records(batch: list[_Op]) -> None:
