@@ -192,7 +192,7 @@ class _Writer:
 
     A writer process that dies takes only the batch it was applying with it: that batch's ops
     fail (whether it was committed is unknown), a new process opens the file, and the queue goes
-    on to it."""
+    on to it, after the batch's records that can be written twice (`lost`)."""
 
     def __init__(self, path: str, busy_timeout_ms: int, window_s: float = 0.0) -> None:
         self.window_s = window_s
